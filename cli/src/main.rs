@@ -1,0 +1,2 @@
+//! The `corridor` binary.
+fn main() {}

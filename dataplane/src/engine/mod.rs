@@ -1,0 +1,3 @@
+//! The sans-IO engine.
+#[derive(Debug, Default)]
+pub struct Engine;

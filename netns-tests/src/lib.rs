@@ -1,0 +1,1 @@
+//! Harness for namespace topologies (see the issue on the Linux gateway).
