@@ -145,10 +145,11 @@ impl SecretKey {
         use rand_core::RngCore;
         let mut bytes = [0u8; 32];
         rand_core::OsRng.fill_bytes(&mut bytes);
-        // Clamp like X25519 does, so the stored form equals the effective scalar.
-        let secret = x25519_dalek::StaticSecret::from(bytes);
-        bytes.zeroize();
-        SecretKey(secret.to_bytes())
+        // Clamp like `wg genkey` does, so the stored form equals the effective scalar.
+        bytes[0] &= 248;
+        bytes[31] &= 127;
+        bytes[31] |= 64;
+        SecretKey(bytes)
     }
 
     /// The raw bytes; handle with care.

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod sim;
 
 pub use config::{EngineConfig, SecretKey};
 pub use engine::Engine;
