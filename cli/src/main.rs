@@ -1,2 +1,50 @@
-//! The `corridor` binary.
-fn main() {}
+//! The `corridor` binary: one command for every role. Thin: parses, wires, prints.
+
+mod keys_cmd;
+mod policy_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// corridor: per-tenant overlay network for multi-tenant edge gateways.
+#[derive(Debug, Parser)]
+#[command(name = "corridor", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check policy files, or show what one gateway gets from them.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+    /// Manage a gateway's per-tenant WireGuard keys.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .without_time()
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Keys(cmd) => keys_cmd::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

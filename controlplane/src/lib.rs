@@ -1,1 +1,12 @@
-//! Policy files: parse, validate, compile.
+//! corridor's control plane: policy files (parse, validate), compilation of one gateway's engine
+//! configuration, and gateway key files.
+
+pub mod compile;
+pub mod diag;
+pub mod keys;
+pub mod policy;
+
+pub use compile::{CompileError, GatewayPlan, InterfacePlan, compile_gateway};
+pub use diag::{Diagnostic, Position, Severity};
+pub use keys::{KeyDirError, TenantKeys, load_key_dir};
+pub use policy::{Policy, PolicyErrors};
