@@ -1,1 +1,0 @@
-//! Shared setup for the benches.
