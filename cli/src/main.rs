@@ -1,5 +1,6 @@
 //! The `corridor` binary: one command for every role. Thin: parses, wires, prints.
 
+mod demo;
 mod keys_cmd;
 mod policy_cmd;
 
@@ -23,6 +24,8 @@ enum Command {
     /// Manage a gateway's per-tenant WireGuard keys.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// Run the example policy on two in-memory gateways and show what passes and what not.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Keys(cmd) => keys_cmd::run(cmd),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(code) => code,

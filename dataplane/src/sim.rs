@@ -392,3 +392,47 @@ impl Topology {
         Ok(w)
     }
 }
+
+/// Builds an IPv4 packet: TCP (6) or UDP (17) with ports, or ICMP (1) echo request with
+/// `dport` as its identifier. Checksums are left zero: the engine does not read them.
+pub fn ipv4_packet(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut l4 = Vec::with_capacity(20 + payload.len());
+    match proto {
+        6 => {
+            l4.extend_from_slice(&sport.to_be_bytes());
+            l4.extend_from_slice(&dport.to_be_bytes());
+            l4.extend_from_slice(&[0; 8]);
+            l4.extend_from_slice(&[5 << 4, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        }
+        17 => {
+            l4.extend_from_slice(&sport.to_be_bytes());
+            l4.extend_from_slice(&dport.to_be_bytes());
+            let len = u16::try_from(8 + payload.len()).unwrap_or(u16::MAX);
+            l4.extend_from_slice(&len.to_be_bytes());
+            l4.extend_from_slice(&[0, 0]);
+        }
+        1 => {
+            l4.extend_from_slice(&[8, 0, 0, 0]);
+            l4.extend_from_slice(&dport.to_be_bytes());
+            l4.extend_from_slice(&[0, 1]);
+        }
+        _ => {}
+    }
+    l4.extend_from_slice(payload);
+    let total = u16::try_from(20 + l4.len()).unwrap_or(u16::MAX);
+    let mut p = Vec::with_capacity(usize::from(total));
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&l4);
+    p
+}
