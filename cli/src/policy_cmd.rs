@@ -37,7 +37,9 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 
 /// Prints a policy's errors and warnings to stderr, with a count line.
 pub(crate) fn report_errors(errors: &PolicyErrors) {
-    for d in errors.warnings.iter().chain(&errors.errors) {
+    let mut all: Vec<_> = errors.warnings.iter().chain(&errors.errors).collect();
+    all.sort_by(|a, b| (&a.file, a.position).cmp(&(&b.file, b.position)));
+    for d in all {
         eprintln!("{d}");
     }
     let n = errors.errors.len();

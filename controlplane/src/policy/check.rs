@@ -452,8 +452,10 @@ impl<'s, 'a> Checker<'s, 'a> {
         for g in gws {
             let Some(gn) = &g.name else { continue };
             for k in &g.keys {
+                // A tenant's name must equal its file's stem, so the stems name every tenant
+                // even when some files are broken.
                 if !tenant_names.contains(&k.tenant.value) {
-                    if tenants_complete {
+                    {
                         sink.error(
                             &k.tenant.span,
                             &k.tenant.field,

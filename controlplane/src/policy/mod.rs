@@ -343,3 +343,6 @@ impl fmt::Display for PolicyErrors {
 }
 
 impl std::error::Error for PolicyErrors {}
+
+#[cfg(test)]
+mod tests;

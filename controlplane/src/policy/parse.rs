@@ -156,13 +156,14 @@ pub(super) fn gateways(
         return Vec::new();
     };
     let mut out = Vec::new();
-    for (i, t) in tables(sink, list, "gateway", GATEWAY_FIELDS) {
-        t.check_unknown(sink);
+    for (i, mut t) in tables(sink, list, "gateway", GATEWAY_FIELDS) {
         let name = name(sink, &t, "gateway");
         let field = match &name {
             Some(n) => format!("gateway \"{}\"", n.value),
             None => index("gateway", i),
         };
+        t.field.clone_from(&field);
+        t.check_unknown(sink);
         let endpoint = socket(sink, t.get("endpoint"), &join(&field, "endpoint"));
         let mut keys = Vec::new();
         let mut keys_span = None;
@@ -323,7 +324,7 @@ pub(super) fn tenant(sink: &mut Sink<'_, '_>, doc: &Spanned<DeTable<'_>>) -> Raw
     let endpoints = match r.get("endpoint") {
         Some(v) => tables(sink, v, "endpoint", ENDPOINT_FIELDS)
             .into_iter()
-            .map(|(i, t)| endpoint(sink, i, &t))
+            .map(|(i, t)| endpoint(sink, i, t))
             .collect(),
         None => Vec::new(),
     };
@@ -344,13 +345,15 @@ pub(super) fn tenant(sink: &mut Sink<'_, '_>, doc: &Spanned<DeTable<'_>>) -> Raw
     }
 }
 
-fn endpoint(sink: &mut Sink<'_, '_>, i: usize, t: &Table<'_, '_>) -> RawEndpoint {
-    t.check_unknown(sink);
-    let name = name(sink, t, "endpoint");
+fn endpoint(sink: &mut Sink<'_, '_>, i: usize, mut t: Table<'_, '_>) -> RawEndpoint {
+    let name = name(sink, &t, "endpoint");
     let field = match &name {
         Some(n) => format!("endpoint \"{}\"", n.value),
         None => index("endpoint", i),
     };
+    t.field.clone_from(&field);
+    t.check_unknown(sink);
+    let t = &t;
     let gateway = t
         .get("gateway")
         .and_then(|v| string(sink, v, &join(&field, "gateway"), "\"edge-1\""));
