@@ -18,7 +18,9 @@ pub fn established_pair() -> (World, PortId, PortId) {
                 .allow("app", "cloud", Protocol::Udp, &[(9000, 9100)]),
         ],
     };
-    let mut world = topo.world().unwrap_or_else(|e| unreachable!("bench topology: {e}"));
+    let mut world = topo
+        .world()
+        .unwrap_or_else(|e| unreachable!("bench topology: {e}"));
     world.run();
     let app = world.nodes[0].engine.port("acme", "app");
     let cloud = world.nodes[1].engine.port("acme", "cloud");

@@ -15,7 +15,9 @@ fn encrypt(c: &mut Criterion) {
         let mut out = vec![0u8; 65_600];
         let now = world.now();
         let engine = &mut world.nodes[0].engine;
-        assert!(is_send(&engine.handle_app_packet(app, &packet, now, &mut out)));
+        assert!(is_send(
+            &engine.handle_app_packet(app, &packet, now, &mut out)
+        ));
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(format!("{size}B"), |b| {
             b.iter(|| {

@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod engine;
+#[cfg(target_os = "linux")]
+pub mod io;
 pub mod sim;
 
 pub use config::{EngineConfig, SecretKey};

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 macro_rules! drop_reasons {
     ($($(#[doc = $doc:literal])* $name:ident => $label:literal,)*) => {
@@ -122,8 +122,22 @@ impl Serialize for Drops {
     }
 }
 
+impl<'de> Deserialize<'de> for Drops {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<String, u64>::deserialize(d)?;
+        let mut drops = Drops::default();
+        for (label, n) in map {
+            // Reasons this build does not know (a newer gateway) are ignored, not fatal.
+            if let Some(r) = DropReason::ALL.iter().find(|r| r.label() == label) {
+                drops.0[*r as usize] = n;
+            }
+        }
+        Ok(drops)
+    }
+}
+
 /// Packets and bytes in one direction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Traffic {
     /// Packets.
     pub packets: u64,
@@ -139,7 +153,7 @@ impl Traffic {
 }
 
 /// Counters of one tenant, or one peer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Toward the WAN (app packets encrypted and sent; at the tenant level also hairpinned).
     pub tx: Traffic,

@@ -29,7 +29,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ip_network::IpNetwork;
 use rand_core::RngCore;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use conntrack::{ICMP_IDLE, TCP_IDLE, UDP_IDLE};
 pub use counters::{Counters, DropReason, Drops, Traffic};
@@ -55,7 +55,7 @@ pub const MAX_PACKET: usize = 65_535;
 
 /// Identifies an app's interface ("port"): stable across [`Engine::apply`] for the same
 /// (tenant, endpoint), so the I/O layer can keep its file descriptors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortId(pub u32);
 
 /// A datagram to send: `out[..len]` to `to`.
@@ -205,7 +205,7 @@ pub struct ApplyReport {
 }
 
 /// Counters of one peer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStats {
     /// Peer name.
     pub name: String,
@@ -220,7 +220,7 @@ pub struct PeerStats {
 }
 
 /// Counters of one tenant.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TenantStats {
     /// Tenant name.
     pub name: String,
@@ -235,7 +235,7 @@ pub struct TenantStats {
 }
 
 /// A snapshot of every counter.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineStats {
     /// Per tenant.
     pub tenants: Vec<TenantStats>,

@@ -1,0 +1,577 @@
+//! The gateway's event loop: one thread, one poll, every TUN device and the WAN socket in it.
+//!
+//! Each readiness event is drained to `WouldBlock`, each packet goes straight through the engine
+//! and out again: no channel, no task hop, no allocation per packet. Signals arrive through the
+//! same poll: SIGHUP reloads (atomically: a refused plan changes nothing), SIGTERM and SIGINT
+//! stop; dropping the runtime closes the TUN devices, which removes the interfaces.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use serde::{Deserialize, Serialize};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use std::os::unix::net::{UnixListener, UnixStream};
+use tun_rs::SyncDevice;
+
+use super::tun::{self, InterfaceSpec};
+use super::{IoError, control};
+use crate::config::EngineConfig;
+use crate::engine::{
+    AppOutcome, ApplyReport, Engine, EngineStats, MAX_PACKET, OVERHEAD, PortId, Transmit,
+    WanOutcome,
+};
+
+const UDP: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const CONTROL: Token = Token(2);
+const TUN_BASE: usize = 1 << 20;
+const CONN_BASE: usize = 1 << 40;
+
+/// Where the gateway listens and answers.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The gateway's name (for status).
+    pub gateway: String,
+    /// The WAN socket's address: one UDP port for every tenant.
+    pub listen: SocketAddr,
+    /// The local control socket (`corridor status`), if any.
+    pub control_socket: Option<PathBuf>,
+}
+
+/// What the gateway runs: the engine's configuration and the interfaces of local endpoints.
+#[derive(Debug, Clone)]
+pub struct GatewayPlan {
+    /// The engine's configuration.
+    pub engine: EngineConfig,
+    /// One interface per local endpoint.
+    pub interfaces: Vec<InterfaceSpec>,
+}
+
+/// I/O-level counters (the engine counts everything else).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IoCounters {
+    /// Datagrams received on the WAN socket.
+    pub udp_rx: u64,
+    /// Datagrams sent on the WAN socket.
+    pub udp_tx: u64,
+    /// Datagrams not sent: socket buffer full.
+    pub udp_tx_dropped: u64,
+    /// Datagrams not sent: other errors (unreachable, ...).
+    pub udp_tx_errors: u64,
+    /// Packets read from app interfaces.
+    pub tun_rx: u64,
+    /// Packets written to app interfaces.
+    pub tun_tx: u64,
+    /// Packets not written to an app interface (full or gone).
+    pub tun_tx_errors: u64,
+    /// Interfaces that could not be (re)created.
+    pub interface_errors: u64,
+}
+
+/// One app interface, for status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InterfaceStatus {
+    /// Tenant.
+    pub tenant: String,
+    /// Endpoint.
+    pub endpoint: String,
+    /// Namespace.
+    pub netns: String,
+    /// Interface name in that namespace.
+    pub ifname: String,
+}
+
+/// What `corridor status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Gateway name.
+    pub gateway: String,
+    /// corridor's version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// WAN socket.
+    pub listen: SocketAddr,
+    /// App interfaces.
+    pub interfaces: Vec<InterfaceStatus>,
+    /// Engine counters.
+    pub engine: EngineStats,
+    /// I/O counters.
+    pub io: IoCounters,
+    /// Successful reloads.
+    pub reloads: u64,
+    /// Refused reloads.
+    pub reload_failures: u64,
+    /// Why the last reload was refused, if it was.
+    pub last_reload_error: Option<String>,
+}
+
+struct Iface {
+    spec: InterfaceSpec,
+    device: SyncDevice,
+}
+
+/// A running gateway.
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    engine: Engine,
+    poll: Poll,
+    udp: mio::net::UdpSocket,
+    ifaces: HashMap<PortId, Iface>,
+    control: Option<UnixListener>,
+    conns: HashMap<usize, (UnixStream, Vec<u8>)>,
+    next_conn: usize,
+    signals: Signals,
+    rbuf: Vec<u8>,
+    obuf: Vec<u8>,
+    io: IoCounters,
+    started: Instant,
+    reloads: u64,
+    reload_failures: u64,
+    last_reload_error: Option<String>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("gateway", &self.cfg.gateway)
+            .field("listen", &self.cfg.listen)
+            .field("interfaces", &self.ifaces.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> IoError {
+    move |source| IoError::Os { what, source }
+}
+
+impl Runtime {
+    /// Binds the WAN socket, creates every interface and applies the configuration: all of it
+    /// or, on error, none of it (what was created is removed again).
+    pub fn start(cfg: RuntimeConfig, plan: GatewayPlan) -> Result<Self, IoError> {
+        let std_udp = UdpSocket::bind(cfg.listen).map_err(|source| IoError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        std_udp
+            .set_nonblocking(true)
+            .map_err(os("making the WAN socket non-blocking"))?;
+        let mut udp = mio::net::UdpSocket::from_std(std_udp);
+        let poll = Poll::new().map_err(os("creating the event loop"))?;
+        poll.registry()
+            .register(&mut udp, UDP, Interest::READABLE)
+            .map_err(os("registering the WAN socket"))?;
+        let mut signals =
+            Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(os("installing signal handlers"))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(os("registering signals"))?;
+        let control = match &cfg.control_socket {
+            Some(path) => {
+                let l = control::bind(path)?;
+                poll.registry()
+                    .register(&mut SourceFd(&l.as_raw_fd()), CONTROL, Interest::READABLE)
+                    .map_err(os("registering the control socket"))?;
+                Some(l)
+            }
+            None => None,
+        };
+        let mut rt = Runtime {
+            cfg,
+            engine: Engine::new(),
+            poll,
+            udp,
+            ifaces: HashMap::new(),
+            control,
+            conns: HashMap::new(),
+            next_conn: 0,
+            signals,
+            rbuf: vec![0; MAX_PACKET + OVERHEAD],
+            obuf: vec![0; MAX_PACKET + OVERHEAD],
+            io: IoCounters::default(),
+            started: Instant::now(),
+            reloads: 0,
+            reload_failures: 0,
+            last_reload_error: None,
+        };
+        rt.apply(plan)?;
+        if rt.io.interface_errors > 0 {
+            return Err(IoError::Os {
+                what: "creating the app interfaces",
+                source: std::io::Error::other("see the errors above"),
+            });
+        }
+        rt.flush();
+        Ok(rt)
+    }
+
+    /// The WAN socket's local address (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, IoError> {
+        self.udp.local_addr().map_err(os("reading the WAN address"))
+    }
+
+    /// The status report.
+    pub fn status(&self) -> StatusReport {
+        let mut interfaces: Vec<InterfaceStatus> = self
+            .ifaces
+            .values()
+            .map(|i| InterfaceStatus {
+                tenant: i.spec.tenant.clone(),
+                endpoint: i.spec.endpoint.clone(),
+                netns: i.spec.netns.clone(),
+                ifname: i.spec.ifname.clone(),
+            })
+            .collect();
+        interfaces.sort_by(|a, b| (&a.tenant, &a.endpoint).cmp(&(&b.tenant, &b.endpoint)));
+        StatusReport {
+            gateway: self.cfg.gateway.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            listen: self.cfg.listen,
+            interfaces,
+            engine: self.engine.stats(),
+            io: self.io,
+            reloads: self.reloads,
+            reload_failures: self.reload_failures,
+            last_reload_error: self.last_reload_error.clone(),
+        }
+    }
+
+    /// Runs until SIGTERM or SIGINT. On SIGHUP, `reload` produces the new plan; an error (or a
+    /// plan the engine refuses) is logged and the running configuration stays.
+    pub fn run(
+        &mut self,
+        reload: &mut dyn FnMut() -> Result<GatewayPlan, String>,
+    ) -> Result<(), IoError> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            let timeout = self
+                .engine
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(os("waiting for events")(e));
+            }
+            for event in events.iter() {
+                match event.token() {
+                    UDP => self.drain_udp(),
+                    SIGNALS => {
+                        let signals: Vec<i32> = self.signals.pending().collect();
+                        for signal in signals {
+                            if signal == SIGHUP {
+                                self.reload(reload);
+                            } else {
+                                tracing::info!(signal, "stopping: removing the app interfaces");
+                                return Ok(());
+                            }
+                        }
+                    }
+                    CONTROL => self.accept(),
+                    Token(t) if t >= CONN_BASE => self.serve(t - CONN_BASE),
+                    Token(t) if t >= TUN_BASE => {
+                        if let Ok(port) = u32::try_from(t - TUN_BASE) {
+                            self.drain_tun(PortId(port));
+                        }
+                    }
+                    Token(_) => {}
+                }
+            }
+            let now = Instant::now();
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+            }
+            self.flush();
+        }
+    }
+
+    fn reload(&mut self, reload: &mut dyn FnMut() -> Result<GatewayPlan, String>) {
+        let result = reload().and_then(|plan| self.apply(plan).map_err(|e| e.to_string()));
+        match result {
+            Ok(report) => {
+                self.reloads += 1;
+                self.last_reload_error = None;
+                tracing::info!(
+                    kept = report.sessions_kept,
+                    new = report.sessions_new,
+                    dropped = report.sessions_dropped,
+                    interfaces_added = report.ports_added.len(),
+                    interfaces_removed = report.ports_removed.len(),
+                    "reloaded"
+                );
+            }
+            Err(e) => {
+                self.reload_failures += 1;
+                tracing::error!("reload refused, the running configuration stays: {e}");
+                self.last_reload_error = Some(e);
+            }
+        }
+        self.flush();
+    }
+
+    /// Applies a plan: new interfaces first (a failure aborts with nothing changed), then the
+    /// engine (a refusal aborts and removes what was just created), then the interfaces that
+    /// went away or changed.
+    fn apply(&mut self, plan: GatewayPlan) -> Result<ApplyReport, IoError> {
+        let running: HashMap<(&str, &str), &InterfaceSpec> = self
+            .ifaces
+            .values()
+            .map(|i| ((i.spec.tenant.as_str(), i.spec.endpoint.as_str()), &i.spec))
+            .collect();
+        let mut fresh = Vec::new();
+        let mut changed = Vec::new();
+        for spec in &plan.interfaces {
+            match running.get(&(spec.tenant.as_str(), spec.endpoint.as_str())) {
+                None => {
+                    let device = tun::create(spec)?;
+                    fresh.push(Iface {
+                        spec: spec.clone(),
+                        device,
+                    });
+                }
+                Some(old) if *old != spec => changed.push(spec.clone()),
+                Some(_) => {}
+            }
+        }
+        let report = self.engine.apply(&plan.engine, Instant::now())?;
+        for (port, tenant, endpoint) in &report.ports_removed {
+            if let Some(iface) = self.ifaces.remove(port) {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&raw_fd(&iface.device)));
+                tracing::info!(%tenant, %endpoint, ifname = %iface.spec.ifname, "interface removed");
+            }
+        }
+        for spec in changed {
+            let Some(port) = self.engine.port(&spec.tenant, &spec.endpoint) else {
+                continue;
+            };
+            if let Some(old) = self.ifaces.remove(&port) {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&raw_fd(&old.device)));
+                drop(old);
+            }
+            match tun::create(&spec) {
+                Ok(device) => self.install(port, Iface { spec, device }),
+                Err(e) => {
+                    self.io.interface_errors += 1;
+                    tracing::error!(tenant = %spec.tenant, endpoint = %spec.endpoint, "{e}");
+                }
+            }
+        }
+        for iface in fresh {
+            match self.engine.port(&iface.spec.tenant, &iface.spec.endpoint) {
+                Some(port) => self.install(port, iface),
+                None => tracing::warn!(
+                    tenant = %iface.spec.tenant,
+                    endpoint = %iface.spec.endpoint,
+                    "an interface was planned for an endpoint the engine does not serve"
+                ),
+            }
+        }
+        for (port, tenant, endpoint) in self.engine.ports() {
+            if !self.ifaces.contains_key(&port) {
+                tracing::warn!(%tenant, %endpoint, "no interface for this endpoint");
+            }
+        }
+        Ok(report)
+    }
+
+    fn install(&mut self, port: PortId, iface: Iface) {
+        let token = Token(TUN_BASE + port.0 as usize);
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&raw_fd(&iface.device)),
+            token,
+            Interest::READABLE,
+        ) {
+            self.io.interface_errors += 1;
+            tracing::error!(ifname = %iface.spec.ifname, "cannot watch the interface: {e}");
+            return;
+        }
+        tracing::info!(
+            tenant = %iface.spec.tenant,
+            endpoint = %iface.spec.endpoint,
+            netns = %iface.spec.netns,
+            ifname = %iface.spec.ifname,
+            "interface up"
+        );
+        self.ifaces.insert(port, iface);
+        // Packets may already be waiting (edge-triggered readiness).
+        self.drain_tun(port);
+    }
+
+    fn drain_tun(&mut self, port: PortId) {
+        loop {
+            let Some(iface) = self.ifaces.get(&port) else {
+                return;
+            };
+            let n = match iface.device.recv(&mut self.rbuf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(ifname = %iface.spec.ifname, "read failed: {e}");
+                    return;
+                }
+            };
+            self.io.tun_rx += 1;
+            let now = Instant::now();
+            match self
+                .engine
+                .handle_app_packet(port, &self.rbuf[..n], now, &mut self.obuf)
+            {
+                AppOutcome::Send(t) | AppOutcome::Pending(Some(t)) => self.send_udp(t),
+                AppOutcome::Deliver { port, len } => self.write_tun(port, len),
+                AppOutcome::Pending(None) | AppOutcome::Drop(_) => {}
+            }
+        }
+    }
+
+    fn drain_udp(&mut self) {
+        loop {
+            let (n, from) = match self.udp.recv_from(&mut self.rbuf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // ICMP errors of earlier sends surface here (e.g. connection refused): go on.
+                Err(_) => continue,
+            };
+            self.io.udp_rx += 1;
+            let now = Instant::now();
+            match self
+                .engine
+                .handle_wan_datagram(from, &self.rbuf[..n], now, &mut self.obuf)
+            {
+                WanOutcome::Deliver { port, len } => self.write_tun(port, len),
+                WanOutcome::Reply(t) => self.send_udp(t),
+                WanOutcome::Consumed | WanOutcome::Drop(_) => {}
+            }
+            self.flush();
+        }
+    }
+
+    fn send_udp(&mut self, t: Transmit) {
+        match self.udp.send_to(&self.obuf[..t.len], t.to) {
+            Ok(_) => self.io.udp_tx += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.io.udp_tx_dropped += 1,
+            Err(_) => self.io.udp_tx_errors += 1,
+        }
+    }
+
+    fn write_tun(&mut self, port: PortId, len: usize) {
+        match self
+            .ifaces
+            .get(&port)
+            .map(|i| i.device.send(&self.obuf[..len]))
+        {
+            Some(Ok(_)) => self.io.tun_tx += 1,
+            _ => self.io.tun_tx_errors += 1,
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(t) = self.engine.poll_transmit(&mut self.obuf) {
+            self.send_udp(t);
+        }
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = &self.control else {
+            return;
+        };
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let id = self.next_conn;
+                    self.next_conn += 1;
+                    if stream.set_nonblocking(true).is_ok()
+                        && self
+                            .poll
+                            .registry()
+                            .register(
+                                &mut SourceFd(&stream.as_raw_fd()),
+                                Token(CONN_BASE + id),
+                                Interest::READABLE,
+                            )
+                            .is_ok()
+                    {
+                        self.conns.insert(id, (stream, Vec::new()));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn serve(&mut self, id: usize) {
+        use std::io::{Read, Write};
+        let Some((stream, buf)) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let mut chunk = [0u8; 512];
+        let done = loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.contains(&b'\n') || buf.len() > 4096 {
+                        break true;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break true,
+            }
+        };
+        if !done {
+            return;
+        }
+        let Some((std_stream, buf)) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&std_stream.as_raw_fd()));
+        if !control::authorized(&std_stream) {
+            tracing::warn!("control socket: refused a client that is neither root nor us");
+            return;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let answer = match control::ControlRequest::parse(&line) {
+            Some(control::ControlRequest::Status) => serde_json::to_string(&self.status())
+                .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode the status: {e}\"}}")),
+            None => "{\"error\":\"unknown request; try `status`\"}".to_owned(),
+        };
+        let mut s = std_stream;
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+        let _ = s.write_all(answer.as_bytes());
+        let _ = s.write_all(b"\n");
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(path) = &self.cfg.control_socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn raw_fd(device: &SyncDevice) -> std::os::fd::RawFd {
+    device.as_raw_fd()
+}

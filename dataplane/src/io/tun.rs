@@ -1,0 +1,96 @@
+//! An app's interface: a TUN device created inside the app's network namespace.
+//!
+//! The device gets the endpoint's addresses and routes to the endpoint's allowed destinations
+//! only; the app's namespace keeps its own default route (if any) for everything else, so
+//! corridor never becomes the app's way to the rest of the world.
+
+use std::process::Command;
+
+use ip_network::IpNetwork;
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+use super::IoError;
+use super::netns::in_netns;
+
+/// What to create for one local endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    /// The tenant.
+    pub tenant: String,
+    /// The endpoint.
+    pub endpoint: String,
+    /// The app's namespace (name or path).
+    pub netns: String,
+    /// The interface's name inside that namespace.
+    pub ifname: String,
+    /// Its MTU.
+    pub mtu: u16,
+    /// The endpoint's addresses.
+    pub addresses: Vec<IpNetwork>,
+    /// Destinations routed into the interface.
+    pub routes: Vec<IpNetwork>,
+}
+
+/// Default interface name inside an app's namespace.
+pub const DEFAULT_IFNAME: &str = "corridor0";
+/// Default MTU: 1500 on the WAN less the worst-case (IPv6) WireGuard overhead.
+pub const DEFAULT_MTU: u16 = 1420;
+
+fn ip(args: &[&str], spec: &InterfaceSpec) -> Result<(), IoError> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| IoError::Ip {
+            netns: spec.netns.clone(),
+            command: format!("ip {}", args.join(" ")),
+            message: if source.kind() == std::io::ErrorKind::NotFound {
+                "the `ip` command (iproute2) is not installed".to_owned()
+            } else {
+                source.to_string()
+            },
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(IoError::Ip {
+            netns: spec.netns.clone(),
+            command: format!("ip {}", args.join(" ")),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Creates and configures the interface inside its namespace; the returned device is
+/// non-blocking. Dropping it removes the interface (and its routes) from the namespace.
+pub fn create(spec: &InterfaceSpec) -> Result<SyncDevice, IoError> {
+    in_netns(&spec.netns, || {
+        let device = DeviceBuilder::new()
+            .name(&spec.ifname)
+            .mtu(spec.mtu)
+            .build_sync()
+            .map_err(|source| IoError::Tun {
+                netns: spec.netns.clone(),
+                ifname: spec.ifname.clone(),
+                source,
+            })?;
+        device
+            .set_nonblocking(true)
+            .map_err(|source| IoError::Tun {
+                netns: spec.netns.clone(),
+                ifname: spec.ifname.clone(),
+                source,
+            })?;
+        let dev = spec.ifname.as_str();
+        for addr in &spec.addresses {
+            let a = addr.to_string();
+            ip(&["address", "add", &a, "dev", dev], spec)?;
+        }
+        let mtu = spec.mtu.to_string();
+        ip(&["link", "set", "dev", dev, "mtu", &mtu, "up"], spec)?;
+        for route in &spec.routes {
+            let r = route.to_string();
+            ip(&["route", "replace", &r, "dev", dev], spec)?;
+        }
+        Ok(device)
+    })
+}
