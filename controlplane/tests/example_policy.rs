@@ -1,6 +1,13 @@
 //! The worked example in configs/: it loads, and compiles for both gateways to the expected
 //! engine configurations with the demo keys.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions may panic: that is how a test fails"
+)]
+
 use std::path::{Path, PathBuf};
 
 use controlplane::keys::load_gateway_keys;

@@ -1,5 +1,12 @@
 //! Key directories: modes, keeping and replacing keys, refusing bad ones.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions may panic: that is how a test fails"
+)]
+
 use std::os::unix::fs::PermissionsExt;
 
 use controlplane::keys::{

@@ -1,6 +1,13 @@
 //! Property tests: whatever the policy text, loading answers Ok or errors, never panics, and
 //! every error names a file and (for text problems) a position inside it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions may panic: that is how a test fails"
+)]
+
 use std::path::{Path, PathBuf};
 
 use controlplane::policy::{Mode, Policy, PolicySources, SourceFile};

@@ -1,6 +1,6 @@
 //! One test per check: each asserts the file, line, column, field and message of the finding.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use dataplane::config::{PortRange, Protocol, encode_key};
 
@@ -111,7 +111,7 @@ fn assert_diag(
     fragment: &str,
 ) {
     let found = diags.iter().any(|d| {
-        d.file == PathBuf::from(file)
+        d.file == Path::new(file)
             && d.position == pos
             && d.field == field
             && d.message.contains(fragment)
@@ -206,7 +206,7 @@ fn toml_syntax_error_still_checks_other_files() {
     let errs = errors(&gw, &[("acme", &broken), ("globex", &globex)]);
     let syntax = errs
         .iter()
-        .filter(|d| d.file == PathBuf::from(ACME))
+        .filter(|d| d.file == Path::new(ACME))
         .collect::<Vec<_>>();
     assert_eq!(syntax.len(), 1, "{errs:#?}");
     assert!(
