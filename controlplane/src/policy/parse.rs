@@ -511,6 +511,13 @@ fn rule(sink: &mut Sink<'_, '_>, i: usize, t: &Table<'_, '_>) -> RawRule {
     if let Some(v) = t.get("ports") {
         let f = join(&field, "ports");
         if let Some(items) = array(sink, v, &f, "[\"443\", \"9000-9100\"]") {
+            if items.is_empty() {
+                sink.error(
+                    &v.span(),
+                    &f,
+                    "ports is empty; list ports (e.g. [\"443\"]) or remove ports to allow all ports",
+                );
+            }
             for (j, item) in items.iter().enumerate() {
                 let pf = index(&f, j);
                 let parsed = match item.get_ref() {

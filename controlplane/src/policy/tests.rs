@@ -720,6 +720,17 @@ fn bad_ports() {
             fragment,
         );
     }
+    let text = edit(BASE_ACME, "[\"443\", \"9000-9100\"]", "[]");
+    assert_only(
+        &acme_errors(&text),
+        ACME,
+        Some(Position {
+            line: 21,
+            column: 9,
+        }),
+        "allow[0].ports",
+        "ports is empty",
+    );
     // Integers are accepted too.
     let text = edit(BASE_ACME, "\"9000-9100\"", "8443");
     let p = load(&base_gw(), &[("acme", &text)]).unwrap();
