@@ -1058,16 +1058,25 @@ impl Tenant {
     ) -> Result<WanOutcome, DropReason> {
         let peer = self.peers.get_mut(pi).ok_or(DropReason::UnknownIndex)?;
         let result = peer.tunn.decapsulate(Some(from.ip()), datagram, out);
-        let (len, is_data) = match result {
+        // Not every success is authenticated by the peer: a cookie reply (type 3) taken in can be
+        // forged by anyone who saw our initiation, and a cookie sent out means boringtun's own
+        // rate limiter answered before verifying anything (a replayed initiation does that).
+        let (len, is_data, authenticated) = match result {
             TunnResult::Err(e) => return Err(wg_drop(&e)),
-            TunnResult::Done => (0, false),
-            TunnResult::WriteToNetwork(data) => (data.len(), false),
+            // A keepalive (type 4) decrypted, or a cookie reply taken in.
+            TunnResult::Done => (0, false, datagram.first() == Some(&4)),
+            // A handshake answered, or a cookie demanded.
+            TunnResult::WriteToNetwork(data) => (data.len(), false, data.first() != Some(&3)),
             TunnResult::WriteToTunnelV4(data, _) | TunnResult::WriteToTunnelV6(data, _) => {
-                (data.len(), true)
+                (data.len(), true, true)
             }
         };
+        if !is_data && len > 0 && !authenticated {
+            self.counters.drops.count(DropReason::HandshakeUnderLoad);
+            peer.counters.drops.count(DropReason::HandshakeUnderLoad);
+        }
         // Authenticated: the peer may have moved (roaming) or have dialled in for the first time.
-        if peer.roaming || peer.endpoint.is_none() {
+        if authenticated && (peer.roaming || peer.endpoint.is_none()) {
             peer.endpoint = Some(from);
         }
         if !is_data {
