@@ -61,7 +61,6 @@ impl Demo {
     }
 
     #[expect(clippy::print_stdout, reason = "the demo's output is its purpose")]
-    #[expect(clippy::too_many_arguments, reason = "one line per step reads best")]
     fn step(
         &mut self,
         what: &str,

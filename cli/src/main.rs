@@ -1,8 +1,10 @@
 //! The `corridor` binary: one command for every role. Thin: parses, wires, prints.
 
 mod demo;
+mod gateway_cmd;
 mod keys_cmd;
 mod policy_cmd;
+mod status_cmd;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,11 @@ enum Command {
     Keys(keys_cmd::KeysCommand),
     /// Run the example policy on two in-memory gateways and show what passes and what not.
     Demo(demo::DemoArgs),
+    /// Run this host's gateway.
+    #[command(subcommand)]
+    Gateway(gateway_cmd::GatewayCommand),
+    /// Show what the running gateway is doing: per tenant, per peer.
+    Status(status_cmd::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +50,8 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Keys(cmd) => keys_cmd::run(cmd),
         Command::Demo(args) => demo::run(args),
+        Command::Gateway(cmd) => gateway_cmd::run(cmd),
+        Command::Status(args) => status_cmd::run(args),
     };
     match result {
         Ok(code) => code,

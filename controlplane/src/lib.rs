@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod diag;
+pub mod gateway_config;
 pub mod keys;
 pub mod policy;
 

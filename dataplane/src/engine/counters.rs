@@ -29,6 +29,9 @@ drop_reasons! {
     Malformed => "malformed",
     /// A fragment: the policy cannot see its ports.
     Fragment => "fragment",
+    /// Link-local or multicast traffic (neighbour discovery, MLD, broadcasts): interface
+    /// chatter that never crosses a tunnel, counted apart so it does not look like an attack.
+    LinkLocal => "link_local",
     /// Source address not among the sending endpoint's (app side) or the peer's (WAN side).
     SpoofedSource => "spoofed_source",
     /// Destination not in the tenant's table (or not deliverable from where it came).

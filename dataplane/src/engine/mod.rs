@@ -950,6 +950,9 @@ impl Tenant {
         out: &mut [u8],
     ) -> Result<AppOutcome, (DropReason, Option<u16>)> {
         let flow = packet::parse(packet).map_err(|e| (parse_drop(e), None))?;
+        if packet::is_link_scoped(&flow) {
+            return Err((DropReason::LinkLocal, None));
+        }
         // Anti-spoofing, sender side: the source must belong to the endpoint behind this port.
         if self.table.lookup(flow.src) != Some(from_ep) {
             return Err((DropReason::SpoofedSource, None));

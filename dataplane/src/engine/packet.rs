@@ -46,6 +46,20 @@ pub(crate) enum ParseError {
     Fragment,
 }
 
+/// Whether a packet only makes sense on the local link (never routed through a tunnel):
+/// multicast or broadcast destinations, link-local or unspecified sources.
+pub(crate) fn is_link_scoped(flow: &Flow) -> bool {
+    let dst = match flow.dst {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast() || a.is_link_local(),
+        IpAddr::V6(a) => a.is_multicast() || a.is_unicast_link_local(),
+    };
+    let src = match flow.src {
+        IpAddr::V4(a) => a.is_unspecified() || a.is_link_local(),
+        IpAddr::V6(a) => a.is_unspecified() || a.is_unicast_link_local(),
+    };
+    dst || src
+}
+
 /// Classifies an IP packet.
 pub(crate) fn parse(packet: &[u8]) -> Result<Flow, ParseError> {
     match packet.first().map(|b| b >> 4) {
@@ -279,6 +293,19 @@ mod tests {
         assert_eq!(parse(&p).unwrap().kind, FlowKind::EchoRequest { id: 77 });
         let p = build::packet(ip("fd00::1"), ip("fd00::2"), PROTO_ICMPV6, 129, 7, b"");
         assert_eq!(parse(&p).unwrap().kind, FlowKind::EchoReply { id: 7 });
+    }
+
+    #[test]
+    fn link_scoped_traffic_is_recognised() {
+        let f =
+            |s: &str, d: &str| parse(&build::packet(ip(s), ip(d), PROTO_UDP, 1, 2, b"")).unwrap();
+        assert!(is_link_scoped(&f("fe80::1", "ff02::2")));
+        assert!(is_link_scoped(&f("::", "ff02::16")));
+        assert!(is_link_scoped(&f("10.0.0.1", "255.255.255.255")));
+        assert!(is_link_scoped(&f("10.0.0.1", "224.0.0.251")));
+        assert!(is_link_scoped(&f("169.254.1.1", "10.0.0.2")));
+        assert!(!is_link_scoped(&f("10.0.0.1", "10.0.0.2")));
+        assert!(!is_link_scoped(&f("fd00::1", "fd00::2")));
     }
 
     #[test]

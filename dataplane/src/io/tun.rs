@@ -81,6 +81,14 @@ pub fn create(spec: &InterfaceSpec) -> Result<SyncDevice, IoError> {
                 source,
             })?;
         let dev = spec.ifname.as_str();
+        // No link-local address: the interface is point-to-point to corridor and needs no
+        // neighbour discovery; without IPv6 addresses, no IPv6 at all.
+        ip(&["link", "set", "dev", dev, "addrgenmode", "none"], spec)?;
+        if !spec.addresses.iter().any(|a| matches!(a, IpNetwork::V6(_))) {
+            let knob = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+            // Best effort: a kernel without IPv6 has no such file, which is fine.
+            let _ = std::fs::write(knob, "1");
+        }
         for addr in &spec.addresses {
             let a = addr.to_string();
             ip(&["address", "add", &a, "dev", dev], spec)?;

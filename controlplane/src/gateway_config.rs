@@ -1,0 +1,202 @@
+//! The gateway's own configuration file (`/etc/corridor/gateway.toml` by default).
+//!
+//! It says who this gateway is and where its things are; what it serves comes from the policy
+//! (standalone mode) or, later, from the controller. Relative paths are taken relative to the
+//! file's own directory, so a configuration directory can be moved as a whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where `corridor gateway run` looks without `--config`.
+pub const DEFAULT_PATH: &str = "/etc/corridor/gateway.toml";
+/// Where the control socket lives unless configured.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/corridor/control.sock";
+/// The WAN port unless configured.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:51820";
+
+/// A gateway's configuration, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GatewayConfig {
+    /// This gateway's name in the policy (`gateways.toml`).
+    pub name: String,
+    /// Directory of this gateway's private keys, one `<tenant>.key` per tenant (0600).
+    pub key_dir: PathBuf,
+    /// The WAN socket: one UDP port carries every tenant.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The local control socket that `corridor status` talks to.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+    /// Standalone mode: the policy directory to serve (reloaded on SIGHUP).
+    pub policy: Option<PathBuf>,
+    /// MTU of the app interfaces; 1420 leaves room for WireGuard over IPv6 on a 1500 WAN.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 51820))
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
+}
+
+fn default_mtu() -> u16 {
+    1420
+}
+
+/// Why a gateway configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Syntax, an unknown or missing field, or a wrong value (the message names line and field).
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Line (1-based).
+        line: usize,
+        /// Column (1-based).
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+impl GatewayConfig {
+    /// Reads and checks a configuration file; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, GatewayConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| GatewayConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.key_dir = base.join(&config.key_dir);
+        config.control_socket = base.join(&config.control_socket);
+        config.policy = config.policy.map(|p| base.join(p));
+        Ok(config)
+    }
+
+    /// Parses and checks configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, GatewayConfigError> {
+        let config: GatewayConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            GatewayConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        let invalid = |field, message: String| GatewayConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        let name_ok = !config.name.is_empty()
+            && config.name.len() <= 32
+            && config
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{:?} is not a gateway name: use 1 to 32 of a-z, 0-9 and '-', as in gateways.toml",
+                    config.name
+                ),
+            ));
+        }
+        if !(1280..=9000).contains(&config.mtu) {
+            return Err(invalid(
+                "mtu",
+                format!(
+                    "{} is out of range: use 1280 to 9000 (1420 suits a 1500-byte WAN)",
+                    config.mtu
+                ),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(
+            &file,
+            "name = \"edge-1\"\nkey-dir = \"keys\"\npolicy = \"policy\"\n",
+        )
+        .unwrap();
+        let c = GatewayConfig::load(&file).unwrap();
+        assert_eq!(c.name, "edge-1");
+        assert_eq!(c.key_dir, dir.path().join("keys"));
+        assert_eq!(c.policy, Some(dir.path().join("policy")));
+        assert_eq!(c.listen, "0.0.0.0:51820".parse().unwrap());
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.mtu, 1420);
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let p = Path::new("gw.toml");
+        let e = GatewayConfig::parse(
+            "name = \"edge-1\"\nkey-dir = \"k\"\nlisten = \"nowhere\"\n",
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("gw.toml:3:"), "{e}");
+        let e = GatewayConfig::parse("name = \"edge-1\"\nkey-dir = \"k\"\nlisen = \"x\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gw.toml:3:1") && e.contains("lisen"), "{e}");
+        let e = GatewayConfig::parse("key-dir = \"k\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("name"), "{e}");
+        let e = GatewayConfig::parse("name = \"Edge 1\"\nkey-dir = \"k\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gw.toml: name:"), "{e}");
+        let e = GatewayConfig::parse("name = \"e\"\nkey-dir = \"k\"\nmtu = 100\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mtu"), "{e}");
+    }
+}
