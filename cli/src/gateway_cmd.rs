@@ -8,7 +8,7 @@ use controlplane::compile::compile_gateway;
 use controlplane::gateway_config::{DEFAULT_PATH, GatewayConfig};
 use controlplane::keys::load_gateway_keys;
 use controlplane::policy::Policy;
-use dataplane::io::{DEFAULT_IFNAME, GatewayPlan, InterfaceSpec, Runtime, RuntimeConfig};
+use dataplane::io::{GatewayPlan, InterfaceSpec, Runtime, RuntimeConfig};
 
 /// `corridor gateway ...`
 #[derive(Debug, clap::Subcommand)]
@@ -58,7 +58,7 @@ pub(crate) fn load_plan(config: &GatewayConfig, policy_dir: &Path) -> Result<Gat
             tenant: i.tenant,
             endpoint: i.endpoint,
             netns: i.netns,
-            ifname: DEFAULT_IFNAME.to_owned(),
+            ifname: i.interface,
             mtu: config.mtu,
             addresses: i.addresses,
             routes: i.routes,

@@ -187,9 +187,10 @@ fn compile(dir: &Path, gateway: &str, keys: &Path) -> anyhow::Result<ExitCode> {
         let addrs: Vec<String> = i.addresses.iter().map(ToString::to_string).collect();
         println!();
         println!(
-            "interface {}/{} in netns {}: addresses {}, routes {}",
+            "interface {}/{} {} in netns {}: addresses {}, routes {}",
             i.tenant,
             i.endpoint,
+            i.interface,
             i.netns,
             addrs.join(", "),
             routes.join(", ")

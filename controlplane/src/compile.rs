@@ -34,6 +34,9 @@ pub struct InterfacePlan {
     pub endpoint: String,
     /// The app's network namespace: a name under `/var/run/netns`, or a path.
     pub netns: String,
+    /// The interface's name inside that namespace (`corridor0` unless the endpoint names one;
+    /// unique per namespace and gateway).
+    pub interface: String,
     /// The endpoint's own addresses, assigned to the interface.
     pub addresses: Vec<IpNetwork>,
     /// The prefixes of the endpoints this one has rules with (in either direction): the only
@@ -237,7 +240,12 @@ fn compile_tenant(
     }
 
     for e in tenant.endpoints.iter() {
-        let EndpointKind::Gateway { gateway, netns } = &e.kind else {
+        let EndpointKind::Gateway {
+            gateway,
+            netns,
+            interface,
+        } = &e.kind
+        else {
             continue;
         };
         if gateway != g {
@@ -272,6 +280,7 @@ fn compile_tenant(
             tenant: t.to_owned(),
             endpoint: e.name.clone(),
             netns: netns.clone(),
+            interface: interface.clone(),
             addresses: e.addresses.clone(),
             routes,
         });

@@ -161,13 +161,20 @@ fn edge_1_plan() {
     let ifaces: Vec<_> = plan
         .interfaces
         .iter()
-        .map(|i| (i.tenant.as_str(), i.endpoint.as_str(), i.netns.as_str()))
+        .map(|i| {
+            (
+                i.tenant.as_str(),
+                i.endpoint.as_str(),
+                i.netns.as_str(),
+                i.interface.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         ifaces,
         [
-            ("acme", "meter-app", "acme-meter"),
-            ("globex", "scada-app", "globex-scada")
+            ("acme", "meter-app", "acme-meter", "corridor0"),
+            ("globex", "scada-app", "globex-scada", "corridor0")
         ]
     );
     assert_eq!(plan.interfaces[0].addresses, [net("10.20.1.10/32")]);

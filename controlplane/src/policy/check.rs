@@ -1,7 +1,7 @@
 //! Loading a whole policy: parse every file, check across files, build the model.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
@@ -10,8 +10,8 @@ use super::parse::{
 };
 use super::tree::{At, FileCtx, Opt, Sink, prefix_within, prefixes_overlap};
 use super::{
-    DEFAULT_DIAL_OUT_KEEPALIVE, Endpoint, EndpointKind, Gateway, Mode, Policy, PolicyErrors,
-    PolicySources, Rule, Severity, SourceFile, StockPeer, Tenant,
+    DEFAULT_DIAL_OUT_KEEPALIVE, DEFAULT_INTERFACE, Endpoint, EndpointKind, Gateway, Mode,
+    NETNS_DIR, Policy, PolicyErrors, PolicySources, Rule, Severity, SourceFile, StockPeer, Tenant,
 };
 use crate::diag::{Diagnostic, sort_diagnostics};
 
@@ -205,7 +205,64 @@ impl<'s, 'a> Checker<'s, 'a> {
             }
             self.check_tenant(tf, raw);
         }
+        self.check_interfaces();
         self.check_keys();
+    }
+
+    /// Two apps in one namespace on one gateway (of any tenants) need different interface names.
+    fn check_interfaces(&mut self) {
+        let tenants = self.tenants;
+        // (gateway, namespace path, interface) → where it was first used.
+        let mut seen: HashMap<(&str, PathBuf, &str), String> = HashMap::new();
+        for tf in tenants {
+            let Some(raw) = &tf.raw else { continue };
+            let mut sink = Sink {
+                ctx: &tf.ctx,
+                diags: &mut self.diags,
+            };
+            for e in &raw.endpoints {
+                let (
+                    Some(RawKind::Gateway {
+                        gateway,
+                        netns,
+                        interface,
+                    }),
+                    Some(name),
+                ) = (&e.kind, &e.name)
+                else {
+                    continue;
+                };
+                let (ifname, at, default) = match interface {
+                    Opt::Valid(i) => (i.value.as_str(), i, ""),
+                    Opt::Absent => (DEFAULT_INTERFACE, netns, " (the default)"),
+                    Opt::Invalid => continue,
+                };
+                let key = (gateway.value.as_str(), netns_key(&netns.value), ifname);
+                let here = {
+                    let p = tf.ctx.position(&at.span);
+                    format!(
+                        "endpoint \"{}\" of tenant \"{}\" ({}:{}:{})",
+                        name.value,
+                        tf.stem,
+                        tf.ctx.path.display(),
+                        p.line,
+                        p.column
+                    )
+                };
+                if let Some(first) = seen.get(&key) {
+                    sink.error(
+                        &at.span,
+                        &at.field,
+                        format!(
+                            "interface \"{ifname}\"{default} in netns \"{}\" on gateway \"{}\" is already taken by {first}; two endpoints in one namespace need different interface names: set interface = \"<another name>\" on one of them",
+                            netns.value, gateway.value
+                        ),
+                    );
+                } else {
+                    seen.insert(key, here);
+                }
+            }
+        }
     }
 
     fn check_gateways(&mut self) {
@@ -540,6 +597,20 @@ impl<'s, 'a> Checker<'s, 'a> {
     }
 }
 
+/// A namespace as a path, so that a name and its path compare equal (`acme` and
+/// `/var/run/netns/acme`, `/run/netns/acme`), lexically: symbolic links are not followed.
+fn netns_key(netns: &str) -> PathBuf {
+    let path = if netns.contains('/') {
+        Path::new(netns).components().collect::<PathBuf>()
+    } else {
+        Path::new(NETNS_DIR).join(netns)
+    };
+    match path.strip_prefix("/run/netns") {
+        Ok(rest) => Path::new(NETNS_DIR).join(rest),
+        Err(_) => path,
+    }
+}
+
 fn list<T: AsRef<str>>(names: &[T]) -> String {
     if names.is_empty() {
         "none".to_owned()
@@ -589,9 +660,18 @@ fn build(
         let mut endpoints = Vec::new();
         for e in &raw.endpoints {
             let kind = match e.kind.as_ref()? {
-                RawKind::Gateway { gateway, netns } => EndpointKind::Gateway {
+                RawKind::Gateway {
+                    gateway,
+                    netns,
+                    interface,
+                } => EndpointKind::Gateway {
                     gateway: gateway.value.clone(),
-                    netns: netns.clone(),
+                    netns: netns.value.clone(),
+                    interface: match interface {
+                        Opt::Valid(i) => i.value.clone(),
+                        Opt::Absent => DEFAULT_INTERFACE.to_owned(),
+                        Opt::Invalid => return None,
+                    },
                 },
                 RawKind::WireGuard {
                     key,

@@ -29,6 +29,11 @@ pub fn prefix_within(inner: &IpNetwork, outer: &IpNetwork) -> bool {
 pub const GATEWAYS_FILE: &str = "gateways.toml";
 /// Name of the tenants directory inside a policy directory.
 pub const TENANTS_DIR: &str = "tenants";
+/// The app interface's name inside its namespace when the endpoint names none
+/// (`dataplane::io::DEFAULT_IFNAME`).
+pub const DEFAULT_INTERFACE: &str = "corridor0";
+/// Where named network namespaces live (`ip netns add NAME`); `dataplane::io::netns::NETNS_DIR`.
+pub const NETNS_DIR: &str = "/var/run/netns";
 /// Keepalive (seconds) a gateway without an `endpoint` sends by default, to hold its NAT mapping.
 pub const DEFAULT_DIAL_OUT_KEEPALIVE: u16 = 25;
 
@@ -98,6 +103,9 @@ pub enum EndpointKind {
         gateway: String,
         /// The app's network namespace: a name under `/var/run/netns`, or an absolute path.
         netns: String,
+        /// The name of the app's interface (TUN device) inside that namespace
+        /// ([`DEFAULT_INTERFACE`] unless the endpoint names one).
+        interface: String,
     },
     /// A stock WireGuard peer that runs no corridor.
     WireGuard(StockPeer),

@@ -64,7 +64,9 @@ pub(super) struct RawEndpoint {
 pub(super) enum RawKind {
     Gateway {
         gateway: At<String>,
-        netns: String,
+        netns: At<String>,
+        /// The interface name as written (absent: the default).
+        interface: Opt<At<String>>,
     },
     WireGuard {
         key: Option<At<[u8; 32]>>,
@@ -96,6 +98,7 @@ const ENDPOINT_FIELDS: &[&str] = &[
     "name",
     "gateway",
     "netns",
+    "interface",
     "wireguard",
     "addresses",
     "routes",
@@ -381,8 +384,38 @@ fn endpoint(sink: &mut Sink<'_, '_>, i: usize, mut t: Table<'_, '_>) -> RawEndpo
             );
         }
     }
+    let interface_value = t.get("interface");
+    let interface = match interface_value {
+        None => Opt::Absent,
+        Some(v) => match string(sink, v, &join(&field, "interface"), "\"corridor0\"") {
+            None => Opt::Invalid,
+            Some(i) => match check_ifname(&i.value) {
+                Ok(()) => Opt::Valid(i),
+                Err(why) => {
+                    sink.error(
+                        &i.span,
+                        &i.field,
+                        format!(
+                            "interface \"{}\" {why}; give a Linux interface name: 1 to 15 of A-Z, a-z, 0-9, '_', '.' and '-' (e.g. \"corridor0\")",
+                            i.value.escape_default()
+                        ),
+                    );
+                    Opt::Invalid
+                }
+            },
+        },
+    };
     let wg_value = t.get("wireguard");
     let wg_field = join(&field, "wireguard");
+    if let (Some(v), None, None, Some(_)) =
+        (interface_value, t.get("gateway"), t.get("netns"), wg_value)
+    {
+        sink.error(
+            &v.span(),
+            &join(&field, "interface"),
+            "a stock WireGuard peer has no interface on a corridor gateway (interface names an app's TUN device inside its netns); remove interface",
+        );
+    }
     let wireguard = wg_value.and_then(|v| {
         table(
             sink,
@@ -397,7 +430,8 @@ fn endpoint(sink: &mut Sink<'_, '_>, i: usize, mut t: Table<'_, '_>) -> RawEndpo
         (Some(g), Some(n), None) => {
             kind = Some(RawKind::Gateway {
                 gateway: g.clone(),
-                netns: n.value.clone(),
+                netns: n.clone(),
+                interface,
             });
         }
         (None, None, Some(_)) => {
@@ -478,6 +512,30 @@ fn endpoint(sink: &mut Sink<'_, '_>, i: usize, mut t: Table<'_, '_>) -> RawEndpo
         addresses,
         routes,
     }
+}
+
+/// Linux's rules for an interface name (`dev_valid_name`), kept to the characters that are safe
+/// on an `ip` command line: 1 to 15 bytes of `[A-Za-z0-9_.-]`, not `.` or `..`.
+pub(super) fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > 15 {
+        return Err(format!(
+            "is {} bytes long, Linux allows at most 15",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err("is not an interface name".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!("contains {c:?}"));
+    }
+    Ok(())
 }
 
 fn rule(sink: &mut Sink<'_, '_>, i: usize, t: &Table<'_, '_>) -> RawRule {

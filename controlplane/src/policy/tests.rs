@@ -967,7 +967,9 @@ fn warnings_for_unused_endpoints_and_keys() {
         &edit(BASE_ACME, "name = \"acme\"", "name = \"globex\""),
         "gateway = \"edge-1\"",
         "gateway = \"dc-1\"",
-    );
+    )
+    // Not acme's namespaces: two apps in one namespace would need different interface names.
+    .replace("netns = \"acme-", "netns = \"globex-");
     let globex = globex.replace(&format!("keys = {{ acme = \"{}\" }}", key(2)), "");
     let gw = edit(
         &gw,
@@ -1151,4 +1153,193 @@ fn every_error_in_every_file_in_one_run() {
         shown.ends_with(&format!("{} errors in policy", errs.len())),
         "{shown}"
     );
+}
+
+/// BASE_ACME plus a second app on edge-1, `extra` inserted into its table.
+fn second_app(extra: &str) -> String {
+    format!(
+        "{BASE_ACME}\n[[endpoint]]\nname = \"meter-2\"\ngateway = \"edge-1\"\nnetns = \"acme-meter-2\"\n{extra}addresses = [\"10.20.2.10/32\"]\n\n[[allow]]\nfrom = \"meter-2\"\nto = \"acme-cloud\"\nprotocol = \"tcp\"\n"
+    )
+}
+
+fn interface_of(p: &Policy, tenant: &str, endpoint: &str) -> String {
+    match &p.tenant(tenant).unwrap().endpoint(endpoint).unwrap().kind {
+        EndpointKind::Gateway { interface, .. } => interface.clone(),
+        EndpointKind::WireGuard(_) => panic!("{endpoint} is a stock peer"),
+    }
+}
+
+#[test]
+fn interface_defaults_and_explicit_names() {
+    let p = load(&base_gw(), &[("acme", BASE_ACME)]).unwrap();
+    assert_eq!(interface_of(&p, "acme", "meter-app"), DEFAULT_INTERFACE);
+    assert_eq!(interface_of(&p, "acme", "acme-cloud"), "corridor0");
+    // Every allowed character, 15 bytes.
+    let text = edit(
+        BASE_ACME,
+        "netns = \"acme-meter\"\n",
+        "netns = \"acme-meter\"\ninterface = \"Ab9_.-xxxxxxxxx\"\n",
+    );
+    let p = load(&base_gw(), &[("acme", &text)]).unwrap();
+    assert_eq!(interface_of(&p, "acme", "meter-app"), "Ab9_.-xxxxxxxxx");
+}
+
+#[test]
+fn bad_interface_names() {
+    let cases = [
+        ("\"\"", "interface \"\" is empty"),
+        (
+            "\"corridor-tenant0\"",
+            "is 16 bytes long, Linux allows at most 15",
+        ),
+        ("\".\"", "is not an interface name"),
+        ("\"..\"", "is not an interface name"),
+        ("\"eth 0\"", "contains ' '"),
+        ("\"eth/0\"", "contains '/'"),
+        ("\"eth:0\"", "contains ':'"),
+        ("\"tün0\"", "contains 'ü'"),
+        ("7", "expected a string"),
+    ];
+    for (value, fragment) in cases {
+        let text = edit(
+            BASE_ACME,
+            "netns = \"acme-meter\"\n",
+            &format!("netns = \"acme-meter\"\ninterface = {value}\n"),
+        );
+        assert_only(
+            &acme_errors(&text),
+            ACME,
+            Some(Position {
+                line: 8,
+                column: 13,
+            }),
+            "endpoint \"meter-app\".interface",
+            fragment,
+        );
+    }
+}
+
+#[test]
+fn interface_on_a_stock_peer() {
+    let text = stock_acme("endpoint = \"192.168.60.7:51820\"").replace(
+        "name = \"legacy-hub\"\n",
+        "name = \"legacy-hub\"\ninterface = \"wg0\"\n",
+    );
+    assert_only(
+        &acme_errors(&text),
+        ACME,
+        Some(pos_of(&text, "\"wg0\"", 0)),
+        "endpoint \"legacy-hub\".interface",
+        "a stock WireGuard peer has no interface on a corridor gateway",
+    );
+}
+
+#[test]
+fn two_interfaces_of_one_name_in_one_namespace() {
+    // Distinct namespaces: the default name twice is fine.
+    load(&base_gw(), &[("acme", &second_app(""))]).unwrap();
+
+    // Same namespace, both default: reported at the second's netns, naming the first.
+    let text = second_app("").replace("\"acme-meter-2\"", "\"acme-meter\"");
+    assert_only(
+        &acme_errors(&text),
+        ACME,
+        Some(pos_of(&text, "\"acme-meter\"", 1)),
+        "endpoint \"meter-2\".netns",
+        "interface \"corridor0\" (the default) in netns \"acme-meter\" on gateway \"edge-1\" is already taken by endpoint \"meter-app\" of tenant \"acme\" (tenants/acme.toml:7:9)",
+    );
+
+    // Same namespace, distinct names: fine.
+    let text =
+        second_app("interface = \"corridor1\"\n").replace("\"acme-meter-2\"", "\"acme-meter\"");
+    let p = load(&base_gw(), &[("acme", &text)]).unwrap();
+    assert_eq!(interface_of(&p, "acme", "meter-2"), "corridor1");
+
+    // Same namespace, the same explicit name: reported at the second's interface.
+    let text = edit(
+        &second_app("interface = \"app0\"\n").replace("\"acme-meter-2\"", "\"acme-meter\""),
+        "netns = \"acme-meter\"\naddresses",
+        "netns = \"acme-meter\"\ninterface = \"app0\"\naddresses",
+    );
+    assert_only(
+        &acme_errors(&text),
+        ACME,
+        Some(pos_of(&text, "\"app0\"", 1)),
+        "endpoint \"meter-2\".interface",
+        "already taken by endpoint \"meter-app\" of tenant \"acme\" (tenants/acme.toml:8:13)",
+    );
+
+    // A name and the path of that name are the same namespace.
+    for path in [
+        "/var/run/netns/acme-meter",
+        "/run/netns/acme-meter",
+        "/run/netns//acme-meter/",
+    ] {
+        let text = second_app("").replace("\"acme-meter-2\"", &format!("\"{path}\""));
+        assert_only(
+            &acme_errors(&text),
+            ACME,
+            Some(pos_of(&text, &format!("\"{path}\""), 0)),
+            "endpoint \"meter-2\".netns",
+            "already taken by endpoint \"meter-app\"",
+        );
+    }
+
+    // The same namespace name on another gateway is another namespace…
+    let on_dc = |netns: &str| {
+        edit(
+            &second_app("").replace("\"acme-meter-2\"", &format!("\"{netns}\"")),
+            "name = \"meter-2\"\ngateway = \"edge-1\"",
+            "name = \"meter-2\"\ngateway = \"dc-1\"",
+        )
+    };
+    load(&base_gw(), &[("acme", &on_dc("acme-meter"))]).unwrap();
+    // … and on that gateway, it may collide with another one.
+    let text = on_dc("acme-cloud");
+    assert_only(
+        &acme_errors(&text),
+        ACME,
+        Some(pos_of(
+            &text,
+            "\"acme-cloud\"\naddresses = [\"10.20.2.10/32\"]",
+            0,
+        )),
+        "endpoint \"meter-2\".netns",
+        "on gateway \"dc-1\" is already taken by endpoint \"acme-cloud\" of tenant \"acme\" (tenants/acme.toml:13:9)",
+    );
+}
+
+#[test]
+fn interfaces_collide_across_tenants() {
+    // Two tenants' apps in one namespace (say, one pod) on one gateway.
+    let gw = base_gw()
+        .replace(
+            &format!("acme = \"{}\"", key(1)),
+            &format!("acme = \"{}\", globex = \"{}\"", key(1), key(3)),
+        )
+        .replace(
+            &format!("acme = \"{}\"", key(2)),
+            &format!("acme = \"{}\", globex = \"{}\"", key(2), key(4)),
+        );
+    let globex = edit(
+        &edit(BASE_ACME, "name = \"acme\"", "name = \"globex\""),
+        "netns = \"acme-cloud\"",
+        "netns = \"globex-cloud\"",
+    );
+    let errs = errors(&gw, &[("acme", BASE_ACME), ("globex", &globex)]);
+    assert_only(
+        &errs,
+        "tenants/globex.toml",
+        Some(Position { line: 7, column: 9 }),
+        "endpoint \"meter-app\".netns",
+        "is already taken by endpoint \"meter-app\" of tenant \"acme\" (tenants/acme.toml:7:9)",
+    );
+    // Another name in the shared namespace resolves it.
+    let globex = edit(
+        &globex,
+        "netns = \"acme-meter\"\n",
+        "netns = \"acme-meter\"\ninterface = \"globex0\"\n",
+    );
+    let p = load(&gw, &[("acme", BASE_ACME), ("globex", &globex)]).unwrap();
+    assert_eq!(interface_of(&p, "globex", "meter-app"), "globex0");
 }

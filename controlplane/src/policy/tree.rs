@@ -58,6 +58,10 @@ impl<'a> FileCtx<'a> {
         }
     }
 
+    pub(super) fn position(&self, span: &Range<usize>) -> crate::diag::Position {
+        self.index.span_start(span)
+    }
+
     pub(super) fn line_of(&self, span: &Range<usize>) -> usize {
         self.index.span_start(span).line
     }
