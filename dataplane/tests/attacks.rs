@@ -2,6 +2,13 @@
 //! attempts to hijack a peer's endpoint. Attackers are plain boringtun tunnels whose
 //! datagrams are put on the World's wire by hand.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions may panic: that is how a test fails"
+)]
+
 use std::net::SocketAddr;
 
 use boringtun::noise::rate_limiter::RateLimiter;

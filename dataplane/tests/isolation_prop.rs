@@ -8,6 +8,13 @@
 //! - its flow is allowed by that tenant's policy, or answers a flow that was;
 //! - everything else is dropped at the sender and counted there (never unattributed).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions may panic: that is how a test fails"
+)]
+
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -27,12 +34,15 @@ const CASES: u32 = 256;
 const BLOCKS: u8 = 8;
 const PORTS: [u16; 6] = [22, 53, 80, 443, 5432, 8080];
 
+/// (from, to, protocol, port ranges) of one rule.
+type RuleGen = (usize, usize, Protocol, Vec<(u16, u16)>);
+
 #[derive(Debug, Clone)]
 struct TenantGen {
     /// (gateway, block) per endpoint; blocks distinct within the tenant.
     endpoints: Vec<(usize, u8)>,
     /// (from, to, protocol, ports) with endpoint indices taken modulo the endpoint count.
-    rules: Vec<(usize, usize, Protocol, Vec<(u16, u16)>)>,
+    rules: Vec<RuleGen>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +54,7 @@ struct Case {
     seed: u64,
 }
 
-fn rule_gen() -> impl Strategy<Value = (usize, usize, Protocol, Vec<(u16, u16)>)> {
+fn rule_gen() -> impl Strategy<Value = RuleGen> {
     let ports = prop_oneof![
         Just(vec![]),
         proptest::sample::select(PORTS.to_vec()).prop_map(|p| vec![(p, p)]),

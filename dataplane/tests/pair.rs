@@ -3,6 +3,13 @@
 //! Sender-side enforcement is shown with honest configs; receiver-side enforcement with a
 //! "compromised" sending gateway whose config was widened behind the operator's back.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions may panic: that is how a test fails"
+)]
+
 use dataplane::config::Protocol;
 use dataplane::engine::DropReason;
 use dataplane::sim::{TenantSpec, Topology, World};

@@ -1,5 +1,12 @@
 //! Configuration changes while traffic flows: what is not changed is not touched.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions may panic: that is how a test fails"
+)]
+
 use std::time::Duration;
 
 use dataplane::SecretKey;

@@ -1,3 +1,10 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions may panic: that is how a test fails"
+)]
+
 use dataplane::config::Protocol;
 use dataplane::engine::{AppOutcome, DropReason};
 use dataplane::sim::{TenantSpec, Topology};

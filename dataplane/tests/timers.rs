@@ -1,6 +1,13 @@
 //! Time, on the virtual clock: rekeys, keepalives, endpoint learning and roaming, and
 //! connection-tracking expiry.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions may panic: that is how a test fails"
+)]
+
 use std::time::Duration;
 
 use dataplane::config::Protocol;
