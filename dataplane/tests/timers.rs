@@ -369,3 +369,24 @@ fn tracked_connections_expire_after_their_idle_time() {
     send_expect(&mut w, EDGE, app, &syn, DC, svc);
     send_expect(&mut w, DC, svc, &ack, EDGE, app);
 }
+
+/// Packets sent before the first handshake completes wait in boringtun's queue, which holds
+/// 256 and silently discards the rest. Every drop should have a reason and a counter
+/// (DESIGN.md §2.6), and `tx` should not count packets that never left.
+#[test]
+#[ignore = "known engine gap: packets beyond boringtun's 256-deep handshake queue vanish uncounted"]
+fn packets_queued_before_the_handshake_are_all_accounted_for() {
+    let mut w = topo().world().unwrap();
+    w.lose_wire(); // the edge's first hello is lost: the handshake stays pending
+    let app = port(&w, EDGE, "alpha", "app");
+    let n = 300u16;
+    for i in 0..n {
+        let _ = w.send_app(EDGE, app, &udp("10.0.0.10", "10.1.0.53", i, 53, b"early"));
+    }
+    w.lose_wire();
+    w.advance(Duration::from_secs(6)); // REKEY_TIMEOUT retry: handshake, queue released
+    let delivered = w.take_delivered().len() as u64;
+    let edge = tstats(&w, EDGE, "alpha").counters;
+    assert_eq!(delivered + edge.drops.total(), u64::from(n), "{edge:?}");
+    assert_eq!(edge.tx.packets, delivered, "{edge:?}");
+}
