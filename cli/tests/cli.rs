@@ -153,6 +153,10 @@ fn policy_compile_summary() {
         stdout.contains("    legacy-hub -> scada-app tcp ports 502\n"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("\ninterface acme/meter-app corridor0 in netns acme-meter: addresses 10.20.1.10/32, routes 10.20.100.0/24\n"),
+        "{stdout}"
+    );
     // Wrong keys: refused, with what to do.
     let out = corridor(&[
         "policy",
@@ -294,4 +298,28 @@ fn keys_generate_unknown_gateway() {
         "{stderr}"
     );
     assert!(!out_dir.exists());
+}
+
+#[test]
+fn gateway_run_refuses_a_broken_config_before_anything_else() {
+    // Parsed before root is needed: no privileges for this test.
+    for (file, expected) in [
+        (
+            "unknown-field.toml",
+            ":4:1: lisen: unknown field `lisen`, expected one of `name`, `key-dir`, `listen`",
+        ),
+        (
+            "bad-listen.toml",
+            ":5:10: listen: invalid socket address syntax; give IP:PORT",
+        ),
+    ] {
+        let config = configs().join("broken-gateway").join(file);
+        let out = corridor(&["gateway", "run", "--config", path(&config)]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {}{expected}", path(&config))),
+            "{stderr}"
+        );
+    }
 }

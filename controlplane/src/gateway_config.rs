@@ -60,8 +60,8 @@ pub enum GatewayConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// Syntax, an unknown or missing field, or a wrong value (the message names line and field).
-    #[error("{path}:{line}:{column}: {message}")]
+    /// Syntax, an unknown or missing field, or a wrong value.
+    #[error("{path}:{line}:{column}: {field}{sep}{message}", sep = if field.is_empty() { "" } else { ": " })]
     Parse {
         /// The file.
         path: PathBuf,
@@ -69,7 +69,10 @@ pub enum GatewayConfigError {
         line: usize,
         /// Column (1-based).
         column: usize,
-        /// What is wrong.
+        /// The field the problem is in (`listen`); empty when it is about the file as a whole
+        /// (a syntax error, a missing field).
+        field: String,
+        /// What is wrong and what to do.
         message: String,
     },
     /// A value that parses but cannot work.
@@ -102,12 +105,23 @@ impl GatewayConfig {
     /// Parses and checks configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, GatewayConfigError> {
         let config: GatewayConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            let span = e.span();
+            let (line, column) = span
+                .as_ref()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            let field = span.and_then(|s| field_at(text, &s)).unwrap_or_default();
+            let message = e.message().trim_end();
+            let message = match hint(&field) {
+                Some(h) if !message.starts_with("unknown field") => format!("{message}; {h}"),
+                _ => message.to_owned(),
+            };
             GatewayConfigError::Parse {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().to_owned(),
+                field,
+                message,
             }
         })?;
         let invalid = |field, message: String| GatewayConfigError::Invalid {
@@ -141,6 +155,46 @@ impl GatewayConfig {
         }
         Ok(config)
     }
+}
+
+/// The top-level key whose entry (key and value) holds the byte range `span`.
+fn field_at(text: &str, span: &std::ops::Range<usize>) -> Option<String> {
+    if span.is_empty() {
+        // A missing field: about the file as a whole.
+        return None;
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    // A table header's error starts at its `[`, before the key: take the first entry that the
+    // error overlaps, unless it covers more than one entry.
+    let overlapping: Vec<String> = doc
+        .get_ref()
+        .iter()
+        .filter(|(k, v)| {
+            let start = k.span().start.min(v.span().start);
+            let end = k.span().end.max(v.span().end);
+            span.start < end && start < span.end
+        })
+        .map(|(k, _)| k.get_ref().to_string())
+        .collect();
+    match <[String; 1]>::try_from(overlapping) {
+        Ok([field]) => Some(field),
+        Err(_) => None,
+    }
+}
+
+/// What a field takes, said after a wrong value.
+fn hint(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "name" => "give this gateway's name as in gateways.toml, e.g. \"edge-1\"",
+        "key-dir" | "control-socket" | "policy" => {
+            "give a path as a string (a relative path is relative to this file)"
+        }
+        "listen" => {
+            "give IP:PORT, e.g. \"0.0.0.0:51820\" or \"[::]:51820\" (an address: host names are not resolved)"
+        }
+        "mtu" => "give a number from 1280 to 9000, e.g. 1420",
+        _ => return None,
+    })
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -181,15 +235,41 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("gw.toml:3:"), "{e}");
+        assert!(
+            e.starts_with("gw.toml:3:10: listen: invalid socket address syntax; give IP:PORT"),
+            "{e}"
+        );
         let e = GatewayConfig::parse("name = \"edge-1\"\nkey-dir = \"k\"\nlisen = \"x\"\n", p)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("gw.toml:3:1") && e.contains("lisen"), "{e}");
+        assert!(
+            e.starts_with("gw.toml:3:1: lisen: unknown field `lisen`, expected one of"),
+            "{e}"
+        );
         let e = GatewayConfig::parse("key-dir = \"k\"\n", p)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("name"), "{e}");
+        assert_eq!(e, "gw.toml:1:1: missing field `name`");
+        let e = GatewayConfig::parse("name = \"e\"\nkey-dir = \"k\"\nmtu = \"big\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "gw.toml:3:7: mtu: invalid type: string \"big\", expected u16; give a number"
+            ),
+            "{e}"
+        );
+        let e = GatewayConfig::parse("name = \"e\"\nkey-dir = \"k\"\n[policy]\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("gw.toml:3:1: policy: invalid type: map"),
+            "{e}"
+        );
+        let e = GatewayConfig::parse("name = \"e\"\nkey-dir = \"k\"\nmtu = \n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("gw.toml:3:7: "), "{e}");
         let e = GatewayConfig::parse("name = \"Edge 1\"\nkey-dir = \"k\"\n", p)
             .unwrap_err()
             .to_string();
