@@ -323,3 +323,49 @@ fn gateway_run_refuses_a_broken_config_before_anything_else() {
         );
     }
 }
+
+#[test]
+fn status_without_a_gateway_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    // --socket: no such file.
+    let sock = tmp.path().join("none.sock");
+    let out = corridor(&["status", "--socket", path(&sock)]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: no gateway control socket at {} (from --socket). Is the gateway running (`corridor gateway run --config FILE`)?",
+            path(&sock)
+        )),
+        "{stderr}"
+    );
+    // --config: the socket it names, relative to the file.
+    let config = tmp.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "name = \"edge-1\"\nkey-dir = \"keys\"\ncontrol-socket = \"ctl.sock\"\n",
+    )
+    .unwrap();
+    let out = corridor(&["status", "--config", path(&config), "--json"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: no gateway control socket at {} (from {})",
+            path(&tmp.path().join("ctl.sock")),
+            path(&config)
+        )),
+        "{stderr}"
+    );
+    // A socket left behind by a gateway that is gone.
+    drop(std::os::unix::net::UnixListener::bind(tmp.path().join("ctl.sock")).unwrap());
+    let out = corridor(&["status", "--config", path(&config)]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("not running any more"), "{stderr}");
+    // A broken --config is an error of its own.
+    let broken = configs().join("broken-gateway/bad-listen.toml");
+    let out = corridor(&["status", "--config", path(&broken)]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(":5:10: listen: "), "{stderr}");
+}
