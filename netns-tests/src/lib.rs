@@ -1,1 +1,566 @@
-//! Harness for namespace topologies (see the issue on the Linux gateway).
+//! A harness for tests that run the real `corridor` binary in Linux network namespaces.
+//!
+//! Each test makes a [`Lab`]: namespaces with a prefix of its own (so tests run in parallel),
+//! veth links created directly inside them (so no name ever clashes in the root namespace),
+//! policy files written from templates, gateways started as real processes, and traffic driven
+//! from threads that enter the namespaces. Dropping the lab stops every process it started and
+//! deletes every namespace it made, also when the test panics.
+//!
+//! These tests need root. Outside CI, without root, they say so loudly and pass without
+//! running; under CI (`CI` set) that is a failure instead, so CI never skips them.
+//!
+//! The binary under test is built here, separately, with `cargo build --release -p corridor`
+//! into `target/netns-bin`: the workspace test build enables the engine's test-only virtual clock
+//! (feature unification), and a gateway built like that refuses to run.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs::File;
+use std::hash::Hasher;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dataplane::SecretKey;
+use dataplane::io::{ControlRequest, StatusReport, query_control};
+use nix::sched::{CloneFlags, setns};
+
+/// Whether this process may build namespaces; without root, says so loudly. Under CI, a test
+/// that cannot run fails.
+pub fn have_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "netns tests need root and CI must run them all: run `.ci/run` (or the tests) as root"
+    );
+    eprintln!(
+        "\n*** SKIPPED: this netns test needs root (network namespaces, TUN devices). ***\n*** Run: sudo -E cargo test -p netns-tests ***\n"
+    );
+    false
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The corridor binary under test: `CORRIDOR_BIN` if set, else a release build made once.
+pub fn corridor() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("CORRIDOR_BIN") {
+            return PathBuf::from(bin);
+        }
+        let root = workspace_root();
+        let target = root.join("target").join("netns-bin");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "corridor",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .current_dir(&root)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build corridor: {e}"));
+        assert!(
+            status.success(),
+            "building corridor for the netns tests failed"
+        );
+        target.join("release").join("corridor")
+    })
+}
+
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+/// One test's world of namespaces and processes.
+#[derive(Debug)]
+pub struct Lab {
+    /// Prefix of every namespace this lab makes.
+    pub id: String,
+    dir: tempfile::TempDir,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    links: usize,
+}
+
+impl Lab {
+    /// A new lab, or `None` (loudly) when not root outside CI.
+    pub fn new(test: &str) -> Option<Lab> {
+        if !have_root() {
+            return None;
+        }
+        let n = LABS.fetch_add(1, Ordering::SeqCst);
+        let id = format!("ct{}{}-{test}", std::process::id() % 10_000, n);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("corridor-{test}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
+        Some(Lab {
+            id,
+            dir,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            links: 0,
+        })
+    }
+
+    /// The lab's scratch directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The full name of this lab's namespace `short`.
+    pub fn ns_name(&self, short: &str) -> String {
+        format!("{}-{short}", self.id)
+    }
+
+    /// Creates namespace `short` (loopback up) and returns its full name.
+    pub fn ns(&mut self, short: &str) -> String {
+        let name = self.ns_name(short);
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        must(Command::new("ip").args(["netns", "add", &name]));
+        self.namespaces.push(name.clone());
+        must(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        name
+    }
+
+    /// A veth link between two namespaces with the given addresses (CIDR); returns the two
+    /// interface names (the same in both: `l<N>`).
+    pub fn link(&mut self, a: &str, a_addr: &str, b: &str, b_addr: &str) -> String {
+        let ifname = format!("l{}", self.links);
+        self.links += 1;
+        let tmp = format!("t{}{}", std::process::id() % 100_000, self.links);
+        must(Command::new("ip").args([
+            "link", "add", &ifname, "netns", a, "type", "veth", "peer", "name", &tmp, "netns", b,
+        ]));
+        must(Command::new("ip").args(["-n", b, "link", "set", &tmp, "name", &ifname]));
+        for (ns, addr) in [(a, a_addr), (b, b_addr)] {
+            must(Command::new("ip").args(["-n", ns, "addr", "add", addr, "dev", &ifname]));
+            must(Command::new("ip").args(["-n", ns, "link", "set", &ifname, "up"]));
+        }
+        ifname
+    }
+
+    /// Runs a shell command in a namespace and returns its output (whatever its status).
+    pub fn sh(&self, ns: &str, cmd: &str) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c", cmd])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `{cmd}` in {ns}: {e}"))
+    }
+
+    /// Runs a shell command in a namespace, panicking with its output unless it succeeds.
+    pub fn sh_ok(&self, ns: &str, cmd: &str) -> String {
+        let out = self.sh(ns, cmd);
+        assert!(
+            out.status.success(),
+            "`{cmd}` in {ns} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether `count` pings from `ns` to `addr` all come back.
+    pub fn ping(&self, ns: &str, addr: &str, count: u32) -> bool {
+        self.sh(ns, &format!("ping -n -q -c {count} -i 0.2 -W 1 {addr}"))
+            .status
+            .success()
+    }
+
+    /// Starts a long-running process in a namespace; the lab stops it when dropped.
+    pub fn spawn(&mut self, ns: &str, args: &[&str], log: &Path) -> u32 {
+        let out = File::create(log).unwrap_or_else(|e| panic!("cannot create {log:?}: {e}"));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone a file handle: {e}"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?} in {ns}: {e}"));
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Writes a file into the lab directory (creating parents) and returns its path.
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let path = self.dir().join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("cannot create {parent:?}: {e}"));
+        }
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {path:?}: {e}"));
+        path
+    }
+
+    /// Writes a policy directory `policy/` from templates and generates the keys it names.
+    ///
+    /// In the texts, `@ns(x)` becomes this lab's namespace `x` and `@key(gw,tenant)` the
+    /// public key of gateway `gw` for `tenant`, whose private key is written to
+    /// `keys/<gw>/<tenant>.key`. Files are `(relative path, text)`, e.g.
+    /// `("gateways.toml", ...)`, `("tenants/acme.toml", ...)`.
+    pub fn policy(&self, files: &[(&str, &str)]) -> PathBuf {
+        for (rel, text) in files {
+            let text = self.expand(text);
+            self.write(&format!("policy/{rel}"), &text);
+        }
+        self.dir().join("policy")
+    }
+
+    /// The key directory of gateway `gw` (see [`Lab::policy`]).
+    pub fn key_dir(&self, gw: &str) -> PathBuf {
+        self.dir().join("keys").join(gw)
+    }
+
+    /// Replaces `@ns(..)` and `@key(..,..)` in a template (keys are created on first use).
+    pub fn expand(&self, text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find('@') {
+            out.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            if let Some(args) = tail.strip_prefix("@ns(") {
+                let end = args.find(')').unwrap_or(args.len());
+                out.push_str(&self.ns_name(&args[..end]));
+                rest = args.get(end + 1..).unwrap_or("");
+            } else if let Some(args) = tail.strip_prefix("@key(") {
+                let end = args.find(')').unwrap_or(args.len());
+                let (gw, tenant) = args[..end].split_once(',').unwrap_or(("", ""));
+                out.push_str(&self.public_key(gw.trim(), tenant.trim()));
+                rest = args.get(end + 1..).unwrap_or("");
+            } else {
+                out.push('@');
+                rest = &tail[1..];
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// The public key of `gw`'s key for `tenant`, generating the private key if needed.
+    pub fn public_key(&self, gw: &str, tenant: &str) -> String {
+        let path = self.key_dir(gw).join(format!("{tenant}.key"));
+        let key = match std::fs::read_to_string(&path) {
+            Ok(text) => SecretKey::from_base64(&text)
+                .unwrap_or_else(|e| panic!("bad key file {path:?}: {e}")),
+            Err(_) => {
+                let key = SecretKey::generate();
+                let dir = self.key_dir(gw);
+                std::fs::create_dir_all(&dir)
+                    .unwrap_or_else(|e| panic!("cannot create {dir:?}: {e}"));
+                controlplane::keys::write_key_file(&path, &key)
+                    .unwrap_or_else(|e| panic!("cannot write {path:?}: {e}"));
+                key
+            }
+        };
+        dataplane::config::encode_key(&key.public_key())
+    }
+
+    /// Starts `corridor gateway run` for gateway `name` in namespace `ns`, listening on
+    /// `listen`, serving `policy` with the keys of [`Lab::key_dir`]; waits until it answers.
+    pub fn gateway(&mut self, ns: &str, name: &str, listen: &str, policy: &Path) -> Gateway {
+        let socket = self.dir().join(format!("{name}.sock"));
+        let config = self.write(
+            &format!("{name}.toml"),
+            &format!(
+                "name = \"{name}\"\nkey-dir = \"{}\"\nlisten = \"{listen}\"\ncontrol-socket = \"{}\"\npolicy = \"{}\"\n",
+                self.key_dir(name).display(),
+                socket.display(),
+                policy.display()
+            ),
+        );
+        let log = self.dir().join(format!("{name}.log"));
+        let bin = corridor().to_string_lossy().into_owned();
+        let config_s = config.to_string_lossy().into_owned();
+        let pid = self.spawn(ns, &[&bin, "gateway", "run", "--config", &config_s], &log);
+        let gw = Gateway {
+            name: name.to_owned(),
+            ns: ns.to_owned(),
+            pid,
+            socket,
+            config,
+            log,
+        };
+        gw.wait_ready(Duration::from_secs(15));
+        gw
+    }
+
+    /// Stops the processes the lab started (SIGTERM, then SIGKILL).
+    pub fn stop_all(&mut self) {
+        for child in &mut self.children {
+            signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for child in &mut self.children {
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_all();
+        for ns in self.namespaces.iter().rev() {
+            // Processes started inside by others (servers of a test) go too.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<u32>() {
+                        signal(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+fn must(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running gateway process.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Its name in the policy.
+    pub name: String,
+    /// The namespace it runs in (its WAN side).
+    pub ns: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its log (stdout and stderr).
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Its status, or an error if it does not answer.
+    pub fn try_status(&self) -> Result<StatusReport, String> {
+        let answer = query_control(&self.socket, ControlRequest::Status)
+            .map_err(|e| format!("{}: {e}", self.socket.display()))?;
+        serde_json::from_str(&answer).map_err(|e| format!("bad status: {e}: {answer}"))
+    }
+
+    /// Its status; panics (with its log) if it does not answer.
+    pub fn status(&self) -> StatusReport {
+        self.try_status().unwrap_or_else(|e| {
+            panic!("gateway {} does not answer: {e}\n{}", self.name, self.log())
+        })
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until it answers on its control socket; panics with its log otherwise.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.try_status().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway {} did not come up:\n{}", self.name, self.log());
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn reload(&self) {
+        signal(self.pid, nix::sys::signal::Signal::SIGHUP);
+    }
+
+    /// Sends SIGTERM and waits for the process to be gone; returns whether it went in time.
+    pub fn stop(&self) -> bool {
+        signal(self.pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !Path::new(&format!("/proc/{}", self.pid)).exists()
+                || std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                    .is_ok_and(|s| s.contains(") Z "))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// One counter of one tenant's drops.
+    pub fn tenant_drops(&self, tenant: &str, reason: dataplane::engine::DropReason) -> u64 {
+        self.status()
+            .engine
+            .tenants
+            .iter()
+            .find(|t| t.name == tenant)
+            .map_or(0, |t| t.counters.drops.get(reason))
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns` (sockets it opens live there).
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("cannot enter {ns}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A 64-bit digest of some bytes (for "transfer intact" checks).
+pub fn digest(data: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(data);
+    h.finish()
+}
+
+/// A TCP transfer of `len` bytes from `client_ns` to a server at `server` in `server_ns`;
+/// returns `Ok(())` when the server received exactly the bytes sent, within `timeout`.
+pub fn tcp_transfer(
+    client_ns: &str,
+    server_ns: &str,
+    server: SocketAddr,
+    len: usize,
+    timeout: Duration,
+) -> Result<(), String> {
+    let data = payload(len, len as u64);
+    let want = digest(&data);
+    let listener = in_ns(server_ns, || TcpListener::bind(server))
+        .map_err(|e| format!("bind {server} in {server_ns}: {e}"))?;
+    std::thread::scope(|s| {
+        let server_side = s.spawn(move || -> Result<u64, String> {
+            listener.set_nonblocking(false).map_err(|e| e.to_string())?;
+            let (mut conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+            conn.set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            let mut got = Vec::with_capacity(len);
+            conn.read_to_end(&mut got)
+                .map_err(|e| format!("server read after {} bytes: {e}", got.len()))?;
+            if got.len() != len {
+                return Err(format!("server got {} of {len} bytes", got.len()));
+            }
+            Ok(digest(&got))
+        });
+        let client = in_ns(client_ns, || TcpStream::connect_timeout(&server, timeout))
+            .map_err(|e| format!("connect to {server} from {client_ns}: {e}"));
+        let sent = client.and_then(|mut c| {
+            c.set_write_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            c.write_all(&data)
+                .map_err(|e| format!("client write: {e}"))?;
+            c.shutdown(std::net::Shutdown::Write)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = sent {
+            // Unblock the server so the scope can end.
+            let _ = in_ns(client_ns, || {
+                TcpStream::connect_timeout(&server, Duration::from_millis(200))
+            });
+            let _ = server_side.join();
+            return Err(e);
+        }
+        match server_side.join() {
+            Ok(Ok(got)) if got == want => Ok(()),
+            Ok(Ok(_)) => Err("the bytes arrived changed".to_owned()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the server thread panicked".to_owned()),
+        }
+    })
+}
+
+/// Sends `count` UDP datagrams from `client_ns` to `server` in `server_ns` and returns how many
+/// arrived intact within `wait`.
+pub fn udp_exchange(
+    client_ns: &str,
+    server_ns: &str,
+    server: SocketAddr,
+    count: usize,
+    wait: Duration,
+) -> usize {
+    let sock = in_ns(server_ns, || UdpSocket::bind(server))
+        .unwrap_or_else(|e| panic!("bind {server} in {server_ns}: {e}"));
+    let _ = sock.set_read_timeout(Some(wait));
+    let client = in_ns(client_ns, || UdpSocket::bind("0.0.0.0:0"))
+        .unwrap_or_else(|e| panic!("bind in {client_ns}: {e}"));
+    for i in 0..count {
+        let msg = payload(200, i as u64 + 1);
+        let _ = client.send_to(&msg, server);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let expected: std::collections::HashSet<u64> = (0..count)
+        .map(|i| digest(&payload(200, i as u64 + 1)))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + wait;
+    while seen.len() < count && Instant::now() < deadline {
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let d = digest(&buf[..n]);
+                if expected.contains(&d) {
+                    seen.insert(d);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    seen.len()
+}
