@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use dataplane::config::Protocol;
+use dataplane::config::{Location, Protocol, RuleConfig};
 use dataplane::engine::{AppOutcome, DropReason, ICMP_IDLE, PortId, TCP_IDLE, UDP_IDLE};
 use dataplane::sim::{TenantSpec, Topology, World};
 use proptest::prelude::*;
@@ -51,6 +51,9 @@ struct Case {
     /// Gateway 0 only dials out (no public address).
     dial_out: bool,
     tenants: Vec<TenantGen>,
+    /// A gateway whose config was widened behind the operator's back: every endpoint pair
+    /// with a local side allowed, any protocol. The other gateways must hold the line.
+    compromised: Option<usize>,
     seed: u64,
 }
 
@@ -104,12 +107,17 @@ fn tenant_gen(gateways: usize) -> impl Strategy<Value = TenantGen> {
 
 fn case_gen() -> impl Strategy<Value = Case> {
     (2usize..=3, any::<bool>(), any::<u64>()).prop_flat_map(|(gateways, dial_out, seed)| {
-        proptest::collection::vec(tenant_gen(gateways), 2..=4).prop_map(move |tenants| Case {
-            gateways,
-            dial_out,
-            tenants,
-            seed,
-        })
+        (
+            proptest::collection::vec(tenant_gen(gateways), 2..=4),
+            proptest::option::weighted(0.4, 0..gateways),
+        )
+            .prop_map(move |(tenants, compromised)| Case {
+                gateways,
+                dial_out,
+                tenants,
+                compromised,
+                seed,
+            })
     })
 }
 
@@ -296,6 +304,17 @@ fn idle(proto: u8) -> Duration {
     }
 }
 
+/// What becomes of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Delivered to this endpoint of the sending tenant.
+    Deliver(usize),
+    /// Dropped and counted by the sending gateway.
+    SenderDrop(DropReason),
+    /// Sent by a compromised gateway, dropped and counted (PolicyDenied) by the receiver.
+    ReceiverDrop,
+}
+
 /// The model: what each tenant allows, and what it has seen allowed (until when).
 struct Model<'a> {
     case: &'a Case,
@@ -332,28 +351,37 @@ impl Model<'_> {
     }
 
     /// Where a packet sent from (tenant t, endpoint from) must end up, tracking as the engine
-    /// does: Ok(destination endpoint) or Err(why it is dropped at the sender).
-    fn judge(&mut self, t: usize, from: usize, p: &Pkt, now: Instant) -> Result<usize, DropReason> {
+    /// does. The compromised gateway's own policy lets everything out (and between its own
+    /// ports, that is its business); an honest receiver then decides.
+    fn judge(&mut self, t: usize, from: usize, p: &Pkt, now: Instant) -> Fate {
         let g = self.case.tenants[t].endpoints[from].0;
+        let compromised = self.case.compromised == Some(g);
         if self.owner(t, p.src) != Some(from) {
-            return Err(DropReason::SpoofedSource);
+            return Fate::SenderDrop(DropReason::SpoofedSource);
         }
-        let to = self
+        let Some(to) = self
             .owner(t, p.dst)
             .filter(|to| *to != from && self.included(t, g, *to))
-            .ok_or(DropReason::NoRoute)?;
+        else {
+            return Fate::SenderDrop(DropReason::NoRoute);
+        };
+        if compromised && self.case.tenants[t].endpoints[to].0 == g {
+            return Fate::Deliver(to);
+        }
         if self.allowed(t, from, to, p) {
             if let Some(k) = opener_key(p) {
                 self.tracked[t].insert(k, now + idle(p.proto));
             }
-            Ok(to)
+            Fate::Deliver(to)
         } else if self.is_reply(t, p, now) {
             if let Some(exp) = reply_key(p).and_then(|k| self.tracked[t].get_mut(&k)) {
                 *exp = now + idle(p.proto);
             }
-            Ok(to)
+            Fate::Deliver(to)
+        } else if compromised {
+            Fate::ReceiverDrop
         } else {
-            Err(DropReason::PolicyDenied)
+            Fate::SenderDrop(DropReason::PolicyDenied)
         }
     }
 }
@@ -392,6 +420,7 @@ struct Tally {
     delivered: u64,
     replies: u64,
     virtual_ms: u64,
+    receiver_drops: u64,
 }
 
 /// Where a port leads: (node, port) → (tenant, endpoint).
@@ -416,6 +445,29 @@ fn run_case(case: &Case) -> Result<Tally, TestCaseError> {
         .map_err(|e| TestCaseError::fail(format!("config refused: {e}")))?;
     w.run();
     w.take_delivered();
+    if let Some(c) = case.compromised {
+        let mut cfg = topo.compile(c);
+        for tc in &mut cfg.tenants {
+            let n = tc.endpoints.len();
+            for i in 0..n {
+                for j in 0..n {
+                    let local = |e: usize| tc.endpoints[e].location == Location::Local;
+                    if i != j && (local(i) || local(j)) {
+                        tc.rules.push(RuleConfig {
+                            from: i,
+                            to: j,
+                            protocol: Protocol::Any,
+                            ports: vec![],
+                        });
+                    }
+                }
+            }
+        }
+        let r = w
+            .apply(c, &cfg)
+            .map_err(|e| TestCaseError::fail(format!("widened config refused: {e}")))?;
+        prop_assert_eq!(r.sessions_dropped + r.sessions_new, 0);
+    }
     let ports = port_map(&w);
     let mut senders: Vec<(usize, PortId, usize, usize)> = ports
         .iter()
@@ -525,13 +577,13 @@ fn run_case(case: &Case) -> Result<Tally, TestCaseError> {
         let expect = if garbage {
             if rng.pct(50) {
                 bytes.truncate(rng.below(bytes.len() as u64) as usize);
-                Err(DropReason::Malformed)
+                Fate::SenderDrop(DropReason::Malformed)
             } else if pkt.src.is_ipv4() {
                 bytes[6] |= 0x20; // more fragments
-                Err(DropReason::Fragment)
+                Fate::SenderDrop(DropReason::Fragment)
             } else {
                 bytes[0] = 0x50; // IP version 5
-                Err(DropReason::Malformed)
+                Fate::SenderDrop(DropReason::Malformed)
             }
         } else {
             model.judge(t, from, &pkt, w.now())
@@ -554,8 +606,9 @@ fn run_case(case: &Case) -> Result<Tally, TestCaseError> {
                 "spoofed source delivered"
             );
             let replying = model.is_reply(t, &pkt, w.now());
+            let own_business = case.compromised == Some(node) && d.node == node;
             prop_assert!(
-                model.allowed(t, from, de, &pkt) || replying,
+                model.allowed(t, from, de, &pkt) || replying || own_business,
                 "{:?} from t{}/e{} to e{} is neither allowed nor a reply",
                 pkt,
                 t,
@@ -564,7 +617,7 @@ fn run_case(case: &Case) -> Result<Tally, TestCaseError> {
             );
         }
         match expect {
-            Ok(to) => {
+            Fate::Deliver(to) => {
                 let (to_gw, _) = case.tenants[t].endpoints[to];
                 prop_assert!(
                     matches!(
@@ -587,7 +640,17 @@ fn run_case(case: &Case) -> Result<Tally, TestCaseError> {
                 }
                 recent.push_back((pkt, d.node, d.port, t, to));
             }
-            Err(reason) => {
+            Fate::ReceiverDrop => {
+                prop_assert!(
+                    matches!(outcome, AppOutcome::Send(_) | AppOutcome::Pending(_)),
+                    "{:?}",
+                    outcome
+                );
+                prop_assert!(delivered.is_empty(), "a widened sender got through");
+                expected_drops += 1;
+                tally.receiver_drops += 1;
+            }
+            Fate::SenderDrop(reason) => {
                 prop_assert_eq!(
                     outcome,
                     AppOutcome::Drop(reason),
@@ -603,7 +666,8 @@ fn run_case(case: &Case) -> Result<Tally, TestCaseError> {
         }
     }
 
-    // Every drop was counted, at the sender, in a tenant; none unattributed, none elsewhere.
+    // Every drop was counted in a tenant (at the sender, or at the receiver for what a
+    // compromised gateway let out); none unattributed.
     let mut counted = 0;
     for n in 0..w.nodes.len() {
         let s = w.nodes[n].engine.stats();
@@ -641,6 +705,7 @@ fn no_packet_ever_crosses_tenants() {
         all.delivered += t.delivered;
         all.replies += t.replies;
         all.virtual_ms += t.virtual_ms;
+        all.receiver_drops += t.receiver_drops;
         total.set(all);
         Ok(())
     });
@@ -649,12 +714,13 @@ fn no_packet_ever_crosses_tenants() {
     }
     let all = total.get();
     eprintln!(
-        "isolation_prop: {} cases, {} packets ({} delivered, {} replies tried), {} s of virtual \
-         time, in {:.1?}",
+        "isolation_prop: {} cases, {} packets ({} delivered, {} replies tried, {} stopped by \
+         the receiver), {} s of virtual time, in {:.1?}",
         CASES,
         all.packets,
         all.delivered,
         all.replies,
+        all.receiver_drops,
         all.virtual_ms / 1000,
         started.elapsed()
     );
