@@ -6,7 +6,9 @@
 //! - a delivered packet lands on a port of the tenant it was sent from, unchanged;
 //! - its source belongs to the endpoint behind the sending port;
 //! - its flow is allowed by that tenant's policy, or answers a flow that was;
-//! - everything else is dropped at the sender and counted there (never unattributed).
+//! - everything else is dropped at the sender and counted there (never unattributed);
+//! - in some cases one gateway is compromised (its policy widened to "anything goes"): what it
+//!   lets out toward honest gateways is judged by them exactly as if it had been honest.
 
 #![allow(
     clippy::unwrap_used,
