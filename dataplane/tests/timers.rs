@@ -374,7 +374,6 @@ fn tracked_connections_expire_after_their_idle_time() {
 /// 256 and silently discards the rest. Every drop should have a reason and a counter
 /// (DESIGN.md §2.6), and `tx` should not count packets that never left.
 #[test]
-#[ignore = "known engine gap: packets beyond boringtun's 256-deep handshake queue vanish uncounted"]
 fn packets_queued_before_the_handshake_are_all_accounted_for() {
     let mut w = topo().world().unwrap();
     w.lose_wire(); // the edge's first hello is lost: the handshake stays pending

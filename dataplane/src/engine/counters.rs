@@ -42,6 +42,10 @@ drop_reasons! {
     ConntrackFull => "conntrack_full",
     /// The peer's address is not known yet (it dials in and has not).
     PeerUnreachable => "peer_unreachable",
+    /// Waiting for a handshake, and the peer's queue (256 packets) is full.
+    QueueFull => "handshake_queue_full",
+    /// Packets that waited for a handshake that never completed (the attempt timed out).
+    HandshakeTimeout => "handshake_timeout",
     /// The packet does not fit the buffers.
     TooLarge => "too_large",
     /// The app port is not (or no longer) configured.

@@ -50,6 +50,8 @@ pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
 pub const MIN_OUT: usize = 148;
 /// WireGuard's per-packet overhead (header and tag).
 pub const OVERHEAD: usize = 32;
+/// Packets a peer may hold while its handshake is pending (boringtun's own queue depth).
+pub const MAX_QUEUED: usize = 256;
 /// Largest inner packet (IP's own limit).
 pub const MAX_PACKET: usize = 65_535;
 
@@ -254,6 +256,8 @@ struct Peer {
     tunn: Box<Tunn>,
     index: u32,
     counters: Counters,
+    /// Packets in boringtun's queue, waiting for the handshake.
+    queued: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -525,6 +529,7 @@ impl Engine {
                             tunn,
                             index,
                             counters: Counters::default(),
+                            queued: 0,
                         }
                     }
                 };
@@ -798,6 +803,11 @@ impl Engine {
                     }
                     TunnResult::Err(WireGuardError::ConnectionExpired) => {
                         tracing::debug!(tenant = %tenant.name, peer = %peer.name, "session expired");
+                        // boringtun dropped whatever waited for the handshake.
+                        for _ in 0..std::mem::take(&mut peer.queued) {
+                            tenant.counters.drops.count(DropReason::HandshakeTimeout);
+                            peer.counters.drops.count(DropReason::HandshakeTimeout);
+                        }
                     }
                     _ => {}
                 }
@@ -841,6 +851,29 @@ fn fresh_index(taken: &HashMap<u32, (u16, u16)>, old: &HashMap<u32, (u16, u16)>)
         if !taken.contains_key(&i) && !old.contains_key(&i) {
             return i;
         }
+    }
+}
+
+/// Sends what waited in a peer's queue for its handshake, counting each packet as it leaves.
+fn release_queue(
+    peer: &mut Peer,
+    tenant: &mut Counters,
+    scratch: &mut [u8],
+    pending: &mut VecDeque<(SocketAddr, Vec<u8>)>,
+) {
+    let Some(to) = peer.endpoint else {
+        return;
+    };
+    while let TunnResult::WriteToNetwork(data) = peer.tunn.decapsulate(None, &[], scratch) {
+        pending.push_back((to, data.to_vec()));
+        if data.first() != Some(&4) {
+            // No session after all: boringtun put the packet back and asked for a handshake.
+            break;
+        }
+        let inner = data.len().saturating_sub(OVERHEAD);
+        tenant.tx.add(inner);
+        peer.counters.tx.add(inner);
+        peer.queued = peer.queued.saturating_sub(1);
     }
 }
 
@@ -968,7 +1001,20 @@ impl Tenant {
             .map(|e| e.place)
             .ok_or((DropReason::NoRoute, None))?;
         let peer_idx = match place {
-            Place::Peer(p) => Some(p),
+            Place::Peer(p) => {
+                // Unsendable packets must not open tracked flows.
+                let peer = self
+                    .peers
+                    .get(usize::from(p))
+                    .ok_or((DropReason::NoRoute, None))?;
+                if peer.endpoint.is_none() {
+                    return Err((DropReason::PeerUnreachable, Some(p)));
+                }
+                if peer.queued >= MAX_QUEUED {
+                    return Err((DropReason::QueueFull, Some(p)));
+                }
+                Some(p)
+            }
             Place::Local(_) => None,
         };
         self.admit(from_ep, to_ep, &flow, now)
@@ -1002,16 +1048,20 @@ impl Tenant {
                 let result = match peer.tunn.encapsulate(packet, out) {
                     // With no session the packet was queued and `data` is an initiation.
                     TunnResult::WriteToNetwork(data) if data.first() == Some(&1) => {
-                        AppOutcome::Pending(Some(Transmit {
+                        peer.queued += 1;
+                        return Ok(AppOutcome::Pending(Some(Transmit {
                             to,
                             len: data.len(),
-                        }))
+                        })));
                     }
                     TunnResult::WriteToNetwork(data) => AppOutcome::Send(Transmit {
                         to,
                         len: data.len(),
                     }),
-                    TunnResult::Done => AppOutcome::Pending(None),
+                    TunnResult::Done => {
+                        peer.queued += 1;
+                        return Ok(AppOutcome::Pending(None));
+                    }
                     TunnResult::Err(e) => return Err((wg_drop(&e), Some(pi))),
                     TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
                         return Err((DropReason::Malformed, Some(pi)));
@@ -1082,15 +1132,11 @@ impl Tenant {
         if authenticated && (peer.roaming || peer.endpoint.is_none()) {
             peer.endpoint = Some(from);
         }
+        if authenticated && peer.queued > 0 {
+            // A session is up: release what waited for it (tx is counted as it leaves).
+            release_queue(peer, &mut self.counters, scratch, pending);
+        }
         if !is_data {
-            // A completed handshake may release queued packets.
-            if let Some(to) = peer.endpoint {
-                while let TunnResult::WriteToNetwork(queued) =
-                    peer.tunn.decapsulate(None, &[], scratch)
-                {
-                    pending.push_back((to, queued.to_vec()));
-                }
-            }
             return Ok(if len == 0 {
                 WanOutcome::Consumed
             } else {
