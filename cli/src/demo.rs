@@ -25,6 +25,9 @@ pub(crate) struct DemoArgs {
     /// Directory holding one key directory per gateway (`<KEYS>/<gateway>/<tenant>.key`).
     #[arg(long, default_value = "configs/keys")]
     keys: PathBuf,
+    /// Run the two gateways' engines in memory (no root needed) instead of in namespaces.
+    #[arg(long)]
+    in_memory: bool,
 }
 
 const EDGE: usize = 0;
@@ -180,9 +183,24 @@ fn print_stats(name: &str, stats: &EngineStats) {
     }
 }
 
-/// Runs the demo.
+/// Runs the demo: in namespaces as root, else (or with `--in-memory`) in memory.
 #[expect(clippy::print_stdout, reason = "the demo's output is its purpose")]
 pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
+    #[cfg(target_os = "linux")]
+    if !args.in_memory {
+        if nix::unistd::geteuid().is_root() {
+            return crate::demo_netns::run(&args.policy, &args.keys);
+        }
+        println!(
+            "Not root: the namespace demo needs root (sudo corridor demo). Running the same policy in memory instead.\n"
+        );
+    }
+    run_in_memory(&args)
+}
+
+/// The in-memory demo.
+#[expect(clippy::print_stdout, reason = "the demo's output is its purpose")]
+fn run_in_memory(args: &DemoArgs) -> Result<ExitCode> {
     let policy = Policy::load(&args.policy)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("loading {}", args.policy.display()))?;

@@ -1,6 +1,8 @@
 //! The `corridor` binary: one command for every role. Thin: parses, wires, prints.
 
 mod demo;
+#[cfg(target_os = "linux")]
+mod demo_netns;
 mod gateway_cmd;
 mod keys_cmd;
 mod policy_cmd;
@@ -26,7 +28,7 @@ enum Command {
     /// Manage a gateway's per-tenant WireGuard keys.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
-    /// Run the example policy on two in-memory gateways and show what passes and what not.
+    /// Show corridor at work: the example policy on two gateways in namespaces (root) or in memory.
     Demo(demo::DemoArgs),
     /// Run this host's gateway.
     #[command(subcommand)]
