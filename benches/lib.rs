@@ -2,7 +2,7 @@
 
 use dataplane::config::Protocol;
 use dataplane::engine::{AppOutcome, PortId};
-use dataplane::sim::{TenantSpec, Topology, World};
+use dataplane::sim::{TenantSpec, Topology, World, ip_packet};
 
 /// A two-gateway world (edge-1 dials out, dc-1 listens) with one tenant whose session is up.
 pub fn established_pair() -> (World, PortId, PortId) {
@@ -35,21 +35,10 @@ pub fn established_pair() -> (World, PortId, PortId) {
     (world, app, cloud)
 }
 
-/// An IPv4/UDP packet of `len` bytes in total.
+/// An IPv4/UDP packet of `len` bytes in total (at least 28).
 pub fn udp_packet(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, len: usize) -> Vec<u8> {
-    let len = len.max(28);
-    let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[6] = 0x40;
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    p[20..22].copy_from_slice(&sport.to_be_bytes());
-    p[22..24].copy_from_slice(&dport.to_be_bytes());
-    p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
-    p
+    let payload = vec![0u8; len.saturating_sub(28)];
+    ip_packet(src.into(), dst.into(), 17, sport, dport, &payload).unwrap_or_default()
 }
 
 /// True when the outcome is an encrypted datagram ready to send.

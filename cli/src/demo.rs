@@ -14,7 +14,7 @@ use controlplane::compile::compile_gateway;
 use controlplane::keys::load_gateway_keys;
 use controlplane::policy::Policy;
 use dataplane::engine::{AppOutcome, DropReason, EngineStats};
-use dataplane::sim::{World, ipv4_packet};
+use dataplane::sim::{World, ip_packet};
 
 /// Arguments of `corridor demo`.
 #[derive(Debug, clap::Args)]
@@ -74,7 +74,15 @@ impl Demo {
         expect: Expect<'_>,
     ) -> Result<()> {
         let port = self.port(node, tenant, endpoint)?;
-        let packet = ipv4_packet(a(src), a(dst), proto, sport, dport, what.as_bytes());
+        let packet = ip_packet(
+            a(src).into(),
+            a(dst).into(),
+            proto,
+            sport,
+            dport,
+            what.as_bytes(),
+        )
+        .context("the demo's addresses are all IPv4")?;
         let outcome = self.world.send_app(node, port, &packet);
         self.world.run();
         let delivered = self.world.take_delivered();
@@ -139,14 +147,9 @@ impl Demo {
 
 #[expect(clippy::print_stdout, reason = "the demo's output is its purpose")]
 fn print_stats(name: &str, stats: &EngineStats) {
+    use crate::status_cmd::drops;
     for t in &stats.tenants {
         for p in &t.peers {
-            let drops: Vec<String> = p
-                .counters
-                .drops
-                .nonzero()
-                .map(|(r, n)| format!("{r}={n}"))
-                .collect();
             println!(
                 "  {name:<7} {:<7} peer {:<10} sent {:>2} pkts  received {:>2} pkts  handshake {}  drops: {}",
                 t.name,
@@ -158,27 +161,13 @@ fn print_stats(name: &str, stats: &EngineStats) {
                 } else {
                     "no "
                 },
-                if drops.is_empty() {
-                    "-".to_owned()
-                } else {
-                    drops.join(" ")
-                }
+                drops(&p.counters.drops)
             );
         }
-        let drops: Vec<String> = t
-            .counters
-            .drops
-            .nonzero()
-            .map(|(r, n)| format!("{r}={n}"))
-            .collect();
         println!(
             "  {name:<7} {:<7} all drops of the tenant: {}",
             t.name,
-            if drops.is_empty() {
-                "-".to_owned()
-            } else {
-                drops.join(" ")
-            }
+            drops(&t.counters.drops)
         );
     }
 }
@@ -265,7 +254,7 @@ fn run_in_memory(args: &DemoArgs) -> Result<ExitCode> {
         EDGE,
         ("acme", "meter-app"),
         ("10.20.1.10", "10.20.100.1"),
-        (ICMP, 0, 7),
+        (ICMP, 8, 7),
         Expect::Delivered(DC, "acme", "acme-cloud"),
     )?;
 

@@ -72,7 +72,8 @@ fn unreachable(path: &Path, how: &str, e: &std::io::Error) -> String {
     }
 }
 
-fn drops(d: &Drops) -> String {
+/// Non-zero drop counters as `reason=n ...`, or "none".
+pub(crate) fn drops(d: &Drops) -> String {
     let v: Vec<String> = d.nonzero().map(|(r, n)| format!("{r}={n}")).collect();
     if v.is_empty() {
         "none".to_owned()

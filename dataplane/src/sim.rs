@@ -393,16 +393,18 @@ impl Topology {
     }
 }
 
-/// Builds an IPv4 packet: TCP (6) or UDP (17) with ports, or ICMP (1) echo request with
-/// `dport` as its identifier. Checksums are left zero: the engine does not read them.
-pub fn ipv4_packet(
-    src: std::net::Ipv4Addr,
-    dst: std::net::Ipv4Addr,
+/// Builds an IP packet for tests, benches and the demo: TCP (6) or UDP (17) with ports, or
+/// ICMP (1) / ICMPv6 (58) with `sport` as the message type and `dport` as the echo identifier.
+/// Checksums are left zero: the engine does not read them. `None` for mixed address families.
+pub fn ip_packet(
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
     proto: u8,
     sport: u16,
     dport: u16,
     payload: &[u8],
-) -> Vec<u8> {
+) -> Option<Vec<u8>> {
+    use std::net::IpAddr;
     let mut l4 = Vec::with_capacity(20 + payload.len());
     match proto {
         6 => {
@@ -418,21 +420,33 @@ pub fn ipv4_packet(
             l4.extend_from_slice(&len.to_be_bytes());
             l4.extend_from_slice(&[0, 0]);
         }
-        1 => {
-            l4.extend_from_slice(&[8, 0, 0, 0]);
+        1 | 58 => {
+            l4.extend_from_slice(&[u8::try_from(sport).unwrap_or(u8::MAX), 0, 0, 0]);
             l4.extend_from_slice(&dport.to_be_bytes());
             l4.extend_from_slice(&[0, 1]);
         }
         _ => {}
     }
     l4.extend_from_slice(payload);
-    let total = u16::try_from(20 + l4.len()).unwrap_or(u16::MAX);
-    let mut p = Vec::with_capacity(usize::from(total));
-    p.extend_from_slice(&[0x45, 0]);
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
+    let l4_len = u16::try_from(l4.len()).unwrap_or(u16::MAX);
+    let mut p = Vec::with_capacity(40 + l4.len());
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&[0x45, 0]);
+            p.extend_from_slice(&l4_len.saturating_add(20).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x60, 0, 0, 0]);
+            p.extend_from_slice(&l4_len.to_be_bytes());
+            p.extend_from_slice(&[proto, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => return None,
+    }
     p.extend_from_slice(&l4);
-    p
+    Some(p)
 }

@@ -20,54 +20,8 @@ pub(crate) fn packet(
     dport: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut l4 = Vec::new();
-    match proto {
-        6 => {
-            l4.extend_from_slice(&sport.to_be_bytes());
-            l4.extend_from_slice(&dport.to_be_bytes());
-            l4.extend_from_slice(&[0; 8]);
-            l4.push(5 << 4);
-            l4.extend_from_slice(&[0x18, 0xff, 0xff, 0, 0, 0, 0]);
-        }
-        17 => {
-            l4.extend_from_slice(&sport.to_be_bytes());
-            l4.extend_from_slice(&dport.to_be_bytes());
-            l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-            l4.extend_from_slice(&[0, 0]);
-        }
-        1 | 58 => {
-            l4.push(sport as u8);
-            l4.push(0);
-            l4.extend_from_slice(&[0, 0]);
-            l4.extend_from_slice(&dport.to_be_bytes());
-            l4.extend_from_slice(&[0, 1]);
-        }
-        _ => {}
-    }
-    l4.extend_from_slice(payload);
-    match (ip(src), ip(dst)) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let total = (20 + l4.len()) as u16;
-            let mut p = vec![0x45, 0];
-            p.extend_from_slice(&total.to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&l4);
-            p
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut p = vec![0x60, 0, 0, 0];
-            p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            p.push(proto);
-            p.push(64);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&l4);
-            p
-        }
-        _ => panic!("mixed address families"),
-    }
+    dataplane::sim::ip_packet(ip(src), ip(dst), proto, sport, dport, payload)
+        .expect("one address family")
 }
 
 pub(crate) fn tcp(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {

@@ -1,5 +1,6 @@
 //! The standard two-gateway world most netns tests start from.
 #![cfg(test)]
+#![allow(dead_code, reason = "each test binary uses a different part")]
 
 use std::path::PathBuf;
 
@@ -9,16 +10,16 @@ use netns_tests::{Gateway, Lab};
 /// edge (edge-1, 192.168.50.1, dials out) —WAN— dc (dc-1, 192.168.50.2:51820);
 /// apps: acme-app and globex-app on edge-1 (both 10.20.1.10), acme-cloud and globex-cloud on
 /// dc-1 (both 10.20.100.1 with 10.20.100.0/24 behind).
-pub struct World {
-    pub lab: Lab,
-    pub policy: PathBuf,
-    pub edge: Gateway,
-    pub dc: Gateway,
-    pub edge_ns: String,
-    pub dc_ns: String,
+pub(crate) struct World {
+    pub(crate) lab: Lab,
+    pub(crate) policy: PathBuf,
+    pub(crate) edge: Gateway,
+    pub(crate) dc: Gateway,
+    pub(crate) edge_ns: String,
+    pub(crate) dc_ns: String,
 }
 
-pub const GATEWAYS: &str = r#"
+pub(crate) const GATEWAYS: &str = r#"
 [[gateway]]
 name = "edge-1"
 keys = { acme = "@key(edge-1,acme)", globex = "@key(edge-1,globex)" }
@@ -29,7 +30,7 @@ endpoint = "192.168.50.2:51820"
 keys = { acme = "@key(dc-1,acme)", globex = "@key(dc-1,globex)" }
 "#;
 
-pub const ACME: &str = r#"
+pub(crate) const ACME: &str = r#"
 name = "acme"
 address-space = ["10.20.0.0/16"]
 
@@ -64,7 +65,7 @@ to = "acme-cloud"
 protocol = "icmp"
 "#;
 
-pub const GLOBEX: &str = r#"
+pub(crate) const GLOBEX: &str = r#"
 name = "globex"
 address-space = ["10.20.0.0/16"]
 
@@ -94,7 +95,7 @@ protocol = "icmp"
 "#;
 
 /// Builds the standard world and starts both gateways; `None` when the test cannot run here.
-pub fn world(test: &str) -> Option<World> {
+pub(crate) fn world(test: &str) -> Option<World> {
     let mut lab = Lab::new(test)?;
     let edge_ns = lab.ns("edge");
     let dc_ns = lab.ns("dc");
