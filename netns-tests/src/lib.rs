@@ -564,3 +564,287 @@ pub fn udp_exchange(
     }
     seen.len()
 }
+
+// ----- Helpers of the NAT, restart, reload and interop tests. -----
+
+/// Panics unless `tool` is on `PATH`, naming the Debian package that provides it (the tests
+/// install nothing themselves: `.ci/run` does).
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        || ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|dir| Path::new(dir).join(tool).is_file());
+    assert!(
+        found,
+        "this test needs `{tool}`: install the Debian package `{package}` (apt-get install -y {package}); .ci/run must install it"
+    );
+}
+
+/// Calls `f` every 100 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `f` on a new (unscoped) thread inside namespace `ns`.
+#[expect(clippy::panic, reason = "a test helper: failing loudly, with the cause, is its job")]
+pub fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("cannot enter {ns}: {e}"));
+        f()
+    })
+}
+
+impl Lab {
+    /// Writes a gateway configuration file `file` (relative to the lab directory) for gateway
+    /// `name` with the keys of [`Lab::key_dir`], without starting anything; returns its path.
+    pub fn gateway_config(
+        &self,
+        file: &str,
+        name: &str,
+        listen: &str,
+        policy: &Path,
+        socket: &Path,
+    ) -> PathBuf {
+        self.write(
+            file,
+            &format!(
+                "name = \"{name}\"\nkey-dir = \"{}\"\nlisten = \"{listen}\"\ncontrol-socket = \"{}\"\npolicy = \"{}\"\n",
+                self.key_dir(name).display(),
+                socket.display(),
+                policy.display()
+            ),
+        )
+    }
+
+    /// Runs a command in a namespace until it exits; after `timeout` it is killed and the
+    /// status is `None`. Returns the status and everything it printed (stdout, then stderr).
+    #[expect(clippy::panic, reason = "a test helper: failing loudly, with the cause, is its job")]
+    pub fn run_until_exit(
+        &self,
+        ns: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
+        let log = self
+            .dir()
+            .join(format!("run-{}.log", LABS.fetch_add(1, Ordering::SeqCst)));
+        let out = File::create(&log).unwrap_or_else(|e| panic!("cannot create {log:?}: {e}"));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone a file handle: {e}"));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?} in {ns}: {e}"));
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// The exit status of process `pid` that this lab started, once it has exited.
+    pub fn exit_status(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
+        self.children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+}
+
+impl Gateway {
+    /// The status of peer `peer` of tenant `tenant` (a gateway's or stock endpoint's name).
+    pub fn peer(&self, tenant: &str, peer: &str) -> Option<dataplane::engine::PeerStats> {
+        self.status()
+            .engine
+            .tenants
+            .into_iter()
+            .find(|t| t.name == tenant)?
+            .peers
+            .into_iter()
+            .find(|p| p.name == peer)
+    }
+}
+
+/// The endless byte stream of [`tcp_stream`]: every byte is known from its offset.
+#[derive(Debug, Clone)]
+struct StreamBytes(u64);
+
+impl StreamBytes {
+    fn new(seed: u64) -> Self {
+        StreamBytes(seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+    }
+}
+
+/// What a [`tcp_stream`] saw.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamReport {
+    /// Bytes the server received, each checked.
+    pub bytes: u64,
+    /// The longest time the server waited between two reads (after the first).
+    pub max_stall: Duration,
+    /// How long the stream lasted, seen from the server.
+    pub elapsed: Duration,
+}
+
+/// A TCP stream running in the background (see [`tcp_stream`]).
+#[derive(Debug)]
+pub struct TcpStreamRun {
+    client: std::thread::JoinHandle<Result<u64, String>>,
+    server: std::thread::JoinHandle<Result<StreamReport, String>>,
+}
+
+impl TcpStreamRun {
+    /// Waits for both ends; `Ok` when the server received every byte the client sent,
+    /// unchanged and in order.
+    pub fn join(self) -> Result<StreamReport, String> {
+        let sent = self
+            .client
+            .join()
+            .unwrap_or_else(|_| Err("the client thread panicked".to_owned()));
+        let got = self
+            .server
+            .join()
+            .unwrap_or_else(|_| Err("the server thread panicked".to_owned()));
+        let sent = sent.map_err(|e| format!("client: {e}"))?;
+        let report = got.map_err(|e| format!("server: {e}"))?;
+        if report.bytes != sent {
+            return Err(format!(
+                "the client sent {sent} bytes, the server received {}",
+                report.bytes
+            ));
+        }
+        Ok(report)
+    }
+}
+
+/// Starts a TCP connection from `client_ns` to a server at `server` in `server_ns` that sends
+/// a known byte stream at about `rate` bytes per second for `duration`, then closes; the server
+/// checks every byte and measures stalls. Returns once connected (or with the connect error).
+pub fn tcp_stream(
+    client_ns: &str,
+    server_ns: &str,
+    server: SocketAddr,
+    duration: Duration,
+    rate: u64,
+) -> Result<TcpStreamRun, String> {
+    const CHUNK: usize = 16 << 10;
+    const SEED: u64 = 0x00C0_FFEE;
+    let listener = in_ns(server_ns, || TcpListener::bind(server))
+        .map_err(|e| format!("bind {server} in {server_ns}: {e}"))?;
+    let server_side = std::thread::spawn(move || -> Result<StreamReport, String> {
+        let (mut conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        let mut want = StreamBytes::new(SEED);
+        let mut buf = vec![0u8; 64 << 10];
+        let mut expect = vec![0u8; 64 << 10];
+        let mut bytes = 0u64;
+        let start = Instant::now();
+        let mut last: Option<Instant> = None;
+        let mut max_stall = Duration::ZERO;
+        loop {
+            let n = conn
+                .read(&mut buf)
+                .map_err(|e| format!("read after {bytes} bytes: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if let Some(last) = last {
+                max_stall = max_stall.max(now - last);
+            }
+            last = Some(now);
+            want.fill(&mut expect[..n]);
+            if buf[..n] != expect[..n] {
+                return Err(format!("the bytes after offset {bytes} arrived changed"));
+            }
+            bytes += n as u64;
+        }
+        Ok(StreamReport {
+            bytes,
+            max_stall,
+            elapsed: start.elapsed(),
+        })
+    });
+    let conn = in_ns(client_ns, || {
+        TcpStream::connect_timeout(&server, Duration::from_secs(10))
+    });
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            // Unblock the server's accept so its thread ends.
+            let _ = in_ns(server_ns, || {
+                TcpStream::connect_timeout(&server, Duration::from_millis(200))
+            });
+            let _ = server_side.join();
+            return Err(format!("connect to {server} from {client_ns}: {e}"));
+        }
+    };
+    let client = std::thread::spawn(move || -> Result<u64, String> {
+        conn.set_write_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        let mut source = StreamBytes::new(SEED);
+        let mut chunk = vec![0u8; CHUNK];
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < duration {
+            source.fill(&mut chunk);
+            conn.write_all(&chunk)
+                .map_err(|e| format!("write after {sent} bytes: {e}"))?;
+            sent += CHUNK as u64;
+            // Pace: do not get ahead of `rate`.
+            let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        conn.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+        // Wait for the server to close, so `sent` means "sent and read".
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
+        let _ = conn.read(&mut [0u8; 1]);
+        Ok(sent)
+    });
+    Ok(TcpStreamRun {
+        client,
+        server: server_side,
+    })
+}
