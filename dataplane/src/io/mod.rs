@@ -3,15 +3,27 @@
 //! engine answers, it writes. It holds no policy of its own.
 
 mod control;
+mod heal;
+pub mod metrics;
 pub mod netns;
 mod runtime;
+mod summary;
 pub mod tun;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use control::{ControlRequest, query as query_control};
-pub use runtime::{GatewayPlan, InterfaceStatus, IoCounters, Runtime, RuntimeConfig, StatusReport};
+pub use runtime::{
+    GatewayPlan, InterfaceState, InterfaceStatus, IoCounters, MissingNetns, Runtime, RuntimeConfig,
+    StatusReport,
+};
+pub use summary::SUMMARY_EVERY;
 pub use tun::{DEFAULT_IFNAME, DEFAULT_MTU, InterfaceSpec};
+
+/// WireGuard's REJECT_AFTER_TIME: a session whose handshake is older than this sends and
+/// accepts nothing; a peer without a younger one has no session.
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 
 /// What went wrong talking to the operating system, said so that an operator can act on it.
 #[derive(Debug, thiserror::Error)]

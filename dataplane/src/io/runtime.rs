@@ -4,6 +4,11 @@
 //! and out again: no channel, no task hop, no allocation per packet. Signals arrive through the
 //! same poll: SIGHUP reloads (atomically: a refused plan changes nothing), SIGTERM and SIGINT
 //! stop; dropping the runtime closes the TUN devices, which removes the interfaces.
+//!
+//! Besides packets, the loop keeps a one-second housekeeping tick (see [`super::heal`]: app
+//! namespaces that went away and came back), serves the control socket and, if configured, the
+//! metrics listener ([`super::metrics`]), and logs a drop summary ([`super::summary`]) instead
+//! of anything per packet.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -19,6 +24,10 @@ use signal_hook_mio::v1_0::Signals;
 use std::os::unix::net::{UnixListener, UnixStream};
 use tun_rs::SyncDevice;
 
+use super::heal::{self, Probe, Watch};
+use super::metrics;
+use super::netns::NetnsId;
+use super::summary::{DropSummary, SUMMARY_EVERY};
 use super::tun::{self, InterfaceSpec};
 use super::{IoError, control};
 use crate::config::EngineConfig;
@@ -30,8 +39,20 @@ use crate::engine::{
 const UDP: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const CONTROL: Token = Token(2);
+const METRICS: Token = Token(3);
 const TUN_BASE: usize = 1 << 20;
 const CONN_BASE: usize = 1 << 40;
+const HTTP_BASE: usize = 1 << 44;
+
+/// What to do at start (and on reload) about an app whose namespace does not exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MissingNetns {
+    /// Refuse: the gateway does not start (a reload is refused).
+    #[default]
+    Fail,
+    /// Go on without that app's interface, and create it when the namespace appears.
+    Wait,
+}
 
 /// Where the gateway listens and answers.
 #[derive(Debug, Clone)]
@@ -42,6 +63,10 @@ pub struct RuntimeConfig {
     pub listen: SocketAddr,
     /// The local control socket (`corridor status`), if any.
     pub control_socket: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere. Keep it on loopback.
+    pub metrics: Option<SocketAddr>,
+    /// An app whose namespace is missing at start or reload: refuse, or wait for it.
+    pub missing_netns: MissingNetns,
 }
 
 /// What the gateway runs: the engine's configuration and the interfaces of local endpoints.
@@ -55,6 +80,7 @@ pub struct GatewayPlan {
 
 /// I/O-level counters (the engine counts everything else).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct IoCounters {
     /// Datagrams received on the WAN socket.
     pub udp_rx: u64,
@@ -68,14 +94,31 @@ pub struct IoCounters {
     pub tun_rx: u64,
     /// Packets written to app interfaces.
     pub tun_tx: u64,
-    /// Packets not written to an app interface (full or gone).
+    /// Packets not written to an app interface that exists (full, down).
     pub tun_tx_errors: u64,
-    /// Interfaces that could not be (re)created.
+    /// Failed attempts to create an interface (after a reload, or when its namespace came
+    /// back).
     pub interface_errors: u64,
+    /// Packets for an app whose interface is missing (its namespace went away): the engine
+    /// delivered them, there was nowhere to write them. Per interface in
+    /// [`InterfaceStatus::missing_drops`].
+    pub tun_tx_no_interface: u64,
+}
+
+/// Whether an app's interface is there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterfaceState {
+    /// It exists in the app's namespace.
+    #[default]
+    Up,
+    /// Its namespace is gone (or not there yet), or it could not be created: see `problem`.
+    Missing,
 }
 
 /// One app interface, for status.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct InterfaceStatus {
     /// Tenant.
     pub tenant: String,
@@ -85,6 +128,18 @@ pub struct InterfaceStatus {
     pub netns: String,
     /// Interface name in that namespace.
     pub ifname: String,
+    /// Up or missing.
+    pub state: InterfaceState,
+    /// Seconds it has been missing.
+    pub missing_secs: Option<u64>,
+    /// Why it is missing (or why re-creating it failed last).
+    pub problem: Option<String>,
+    /// Times it was lost: its namespace went away or was replaced, or the device failed.
+    pub netns_losses: u64,
+    /// Times it was created again after a loss, or late after waiting for its namespace.
+    pub recoveries: u64,
+    /// Packets for this app dropped while its interface was missing.
+    pub missing_drops: u64,
 }
 
 /// What `corridor status` shows.
@@ -110,11 +165,16 @@ pub struct StatusReport {
     pub reload_failures: u64,
     /// Why the last reload was refused, if it was.
     pub last_reload_error: Option<String>,
+    /// Configurations applied: the one at start, then each accepted reload.
+    #[serde(default)]
+    pub configs_applied: u64,
 }
 
 struct Iface {
     spec: InterfaceSpec,
-    device: SyncDevice,
+    /// `None` while missing.
+    device: Option<SyncDevice>,
+    watch: Watch,
 }
 
 /// A running gateway.
@@ -135,6 +195,12 @@ pub struct Runtime {
     reloads: u64,
     reload_failures: u64,
     last_reload_error: Option<String>,
+    configs_applied: u64,
+    metrics: Option<metrics::Server>,
+    nsfs_dev: Option<u64>,
+    next_housekeeping: Instant,
+    next_summary: Instant,
+    summary: DropSummary,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -182,6 +248,24 @@ impl Runtime {
             }
             None => None,
         };
+        let metrics = match cfg.metrics {
+            Some(addr) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(
+                        %addr,
+                        "metrics are served on a non-loopback address without authentication: they name tenants and peers; prefer 127.0.0.1 and a local scraper or proxy"
+                    );
+                }
+                Some(metrics::Server::bind(
+                    addr,
+                    poll.registry(),
+                    METRICS,
+                    HTTP_BASE,
+                )?)
+            }
+            None => None,
+        };
+        let now = Instant::now();
         let mut rt = Runtime {
             cfg,
             engine: Engine::new(),
@@ -195,10 +279,16 @@ impl Runtime {
             rbuf: vec![0; MAX_PACKET + OVERHEAD],
             obuf: vec![0; MAX_PACKET + OVERHEAD],
             io: IoCounters::default(),
-            started: Instant::now(),
+            started: now,
             reloads: 0,
             reload_failures: 0,
             last_reload_error: None,
+            configs_applied: 0,
+            metrics,
+            nsfs_dev: heal::nsfs_dev(),
+            next_housekeeping: now + heal::CHECK_EVERY,
+            next_summary: now + SUMMARY_EVERY,
+            summary: DropSummary::default(),
         };
         rt.apply(plan)?;
         if rt.io.interface_errors > 0 {
@@ -216,8 +306,14 @@ impl Runtime {
         self.udp.local_addr().map_err(os("reading the WAN address"))
     }
 
+    /// The metrics listener's address, if metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(metrics::Server::local_addr)
+    }
+
     /// The status report.
     pub fn status(&self) -> StatusReport {
+        let now = Instant::now();
         let mut interfaces: Vec<InterfaceStatus> = self
             .ifaces
             .values()
@@ -226,6 +322,19 @@ impl Runtime {
                 endpoint: i.spec.endpoint.clone(),
                 netns: i.spec.netns.clone(),
                 ifname: i.spec.ifname.clone(),
+                state: if i.device.is_some() {
+                    InterfaceState::Up
+                } else {
+                    InterfaceState::Missing
+                },
+                missing_secs: i
+                    .watch
+                    .missing_since
+                    .map(|t| now.saturating_duration_since(t).as_secs()),
+                problem: i.watch.problem.clone(),
+                netns_losses: i.watch.losses,
+                recoveries: i.watch.recoveries,
+                missing_drops: i.watch.dropped,
             })
             .collect();
         interfaces.sort_by(|a, b| (&a.tenant, &a.endpoint).cmp(&(&b.tenant, &b.endpoint)));
@@ -240,6 +349,7 @@ impl Runtime {
             reloads: self.reloads,
             reload_failures: self.reload_failures,
             last_reload_error: self.last_reload_error.clone(),
+            configs_applied: self.configs_applied,
         }
     }
 
@@ -252,10 +362,11 @@ impl Runtime {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
-            let timeout = self
+            let wake = self
                 .engine
                 .poll_timeout()
-                .map(|t| t.saturating_duration_since(now));
+                .map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping));
+            let timeout = Some(wake.saturating_duration_since(now));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
@@ -277,6 +388,12 @@ impl Runtime {
                         }
                     }
                     CONTROL => self.accept(),
+                    METRICS => {
+                        if let Some(server) = self.metrics.as_mut() {
+                            server.accept(self.poll.registry(), Instant::now());
+                        }
+                    }
+                    Token(t) if t >= HTTP_BASE => self.serve_metrics(Token(t)),
                     Token(t) if t >= CONN_BASE => self.serve(t - CONN_BASE),
                     Token(t) if t >= TUN_BASE => {
                         if let Ok(port) = u32::try_from(t - TUN_BASE) {
@@ -290,7 +407,123 @@ impl Runtime {
             if self.engine.poll_timeout().is_some_and(|t| t <= now) {
                 self.engine.handle_timeout(now);
             }
+            if now >= self.next_housekeeping {
+                self.housekeeping(now);
+            }
             self.flush();
+        }
+    }
+
+    /// Once a second: namespaces that went away or came back, slow metrics clients, and now
+    /// and then the drop summary.
+    fn housekeeping(&mut self, now: Instant) {
+        self.next_housekeeping = now + heal::CHECK_EVERY;
+        self.heal(now);
+        if let Some(server) = self.metrics.as_mut() {
+            server.sweep(now, self.poll.registry());
+        }
+        if now >= self.next_summary {
+            self.next_summary = now + SUMMARY_EVERY;
+            let every = SUMMARY_EVERY.as_secs();
+            for (tenant, drops) in self.summary.update(&self.engine.stats()) {
+                match tenant {
+                    Some(tenant) => {
+                        tracing::info!(%tenant, %drops, "drops in the last {every}s");
+                    }
+                    None => tracing::info!(%drops, "drops of no tenant in the last {every}s"),
+                }
+            }
+        }
+    }
+
+    /// Checks every app's namespace: an interface whose namespace went away (or was replaced)
+    /// is dropped; a missing one is created when its namespace is there.
+    fn heal(&mut self, now: Instant) {
+        let ports: Vec<PortId> = self.ifaces.keys().copied().collect();
+        for port in ports {
+            let Some(iface) = self.ifaces.get(&port) else {
+                continue;
+            };
+            let probe = heal::probe(&iface.spec.netns, self.nsfs_dev);
+            if iface.device.is_some() {
+                match &probe {
+                    Probe::Present(id) if Some(*id) == iface.watch.id => continue,
+                    Probe::Present(id) => {
+                        let why = format!("the namespace was replaced by another ({id})");
+                        self.lose(port, why, now);
+                    }
+                    Probe::Gone(why) => self.lose(port, why.clone(), now),
+                }
+            }
+            let Some(iface) = self.ifaces.get(&port) else {
+                continue;
+            };
+            if let Probe::Present(id) = probe
+                && iface.watch.due(id, now)
+                && heal::may_return(&iface.spec.netns)
+            {
+                self.recreate(port, id, now);
+            }
+        }
+    }
+
+    /// The interface of `port` is lost: its device is dropped (freeing what is left of the old
+    /// namespace), logged once.
+    fn lose(&mut self, port: PortId, why: String, now: Instant) {
+        let Some(iface) = self.ifaces.get_mut(&port) else {
+            return;
+        };
+        let Some(device) = iface.device.take() else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&raw_fd(&device)));
+        drop(device);
+        let then = if heal::may_return(&iface.spec.netns) {
+            "it is created again when the namespace is back"
+        } else {
+            "a process's namespace is not followed to another process: update the policy's netns and reload"
+        };
+        tracing::warn!(
+            tenant = %iface.spec.tenant,
+            endpoint = %iface.spec.endpoint,
+            netns = %iface.spec.netns,
+            ifname = %iface.spec.ifname,
+            "interface lost: {why}; {then}"
+        );
+        iface.watch.lost(why, now);
+    }
+
+    /// Creates the missing interface of `port` in the namespace `id` that answers now.
+    fn recreate(&mut self, port: PortId, id: NetnsId, now: Instant) {
+        let Some(iface) = self.ifaces.get_mut(&port) else {
+            return;
+        };
+        match tun::create(&iface.spec) {
+            Ok((device, created_in)) => {
+                let missing = iface.watch.recovered(created_in, now);
+                iface.device = Some(device);
+                tracing::info!(
+                    tenant = %iface.spec.tenant,
+                    endpoint = %iface.spec.endpoint,
+                    netns = %iface.spec.netns,
+                    "the namespace is there ({created_in}): interface created again after {:.1}s missing",
+                    missing.as_secs_f64()
+                );
+                self.watch_device(port);
+            }
+            Err(e) => {
+                self.io.interface_errors += 1;
+                let why = format!("creating the interface failed: {e}");
+                let (tenant, endpoint) = (iface.spec.tenant.clone(), iface.spec.endpoint.clone());
+                if iface.watch.failed(id, why, now) {
+                    tracing::error!(%tenant, %endpoint, "{e}; trying again later");
+                } else {
+                    tracing::debug!(%tenant, %endpoint, "{e}; trying again later");
+                }
+            }
         }
     }
 
@@ -320,8 +553,10 @@ impl Runtime {
 
     /// Applies a plan: new interfaces first (a failure aborts with nothing changed), then the
     /// engine (a refusal aborts and removes what was just created), then the interfaces that
-    /// went away or changed.
+    /// went away or changed. With `missing-netns = "wait"`, a new app whose namespace does not
+    /// exist is no failure: it waits (see [`Runtime::heal`]).
     fn apply(&mut self, plan: GatewayPlan) -> Result<ApplyReport, IoError> {
+        let now = Instant::now();
         let running: HashMap<(&str, &str), &InterfaceSpec> = self
             .ifaces
             .values()
@@ -331,45 +566,53 @@ impl Runtime {
         let mut changed = Vec::new();
         for spec in &plan.interfaces {
             match running.get(&(spec.tenant.as_str(), spec.endpoint.as_str())) {
-                None => {
-                    let device = tun::create(spec)?;
-                    fresh.push(Iface {
-                        spec: spec.clone(),
-                        device,
-                    });
-                }
+                None => fresh.push(self.create_or_wait(spec, now)?),
                 Some(old) if *old != spec => changed.push(spec.clone()),
                 Some(_) => {}
             }
         }
-        let report = self.engine.apply(&plan.engine, Instant::now())?;
+        let report = self.engine.apply(&plan.engine, now)?;
+        self.configs_applied += 1;
         for (port, tenant, endpoint) in &report.ports_removed {
             if let Some(iface) = self.ifaces.remove(port) {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&raw_fd(&iface.device)));
-                tracing::info!(%tenant, %endpoint, ifname = %iface.spec.ifname, "interface removed");
+                self.unwatch(iface);
+                tracing::info!(%tenant, %endpoint, "interface removed");
             }
         }
         for spec in changed {
             let Some(port) = self.engine.port(&spec.tenant, &spec.endpoint) else {
                 continue;
             };
-            if let Some(old) = self.ifaces.remove(&port) {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&raw_fd(&old.device)));
-                drop(old);
-            }
-            match tun::create(&spec) {
-                Ok(device) => self.install(port, Iface { spec, device }),
+            let counters = self.ifaces.remove(&port).map(|old| {
+                let watch = old.watch.clone();
+                self.unwatch(old);
+                watch
+            });
+            let mut iface = match tun::create(&spec) {
+                Ok((device, id)) => Iface {
+                    spec,
+                    device: Some(device),
+                    watch: Watch::up(id, now),
+                },
                 Err(e) => {
                     self.io.interface_errors += 1;
-                    tracing::error!(tenant = %spec.tenant, endpoint = %spec.endpoint, "{e}");
+                    tracing::error!(
+                        tenant = %spec.tenant,
+                        endpoint = %spec.endpoint,
+                        "{e}; trying again when its namespace changes, or later"
+                    );
+                    let why = format!("creating the interface failed: {e}");
+                    Iface {
+                        spec,
+                        device: None,
+                        watch: Watch::missing(why, now),
+                    }
                 }
+            };
+            if let Some(old) = counters {
+                iface.watch.carry(&old);
             }
+            self.install(port, iface);
         }
         for iface in fresh {
             match self.engine.port(&iface.spec.tenant, &iface.spec.endpoint) {
@@ -389,40 +632,109 @@ impl Runtime {
         Ok(report)
     }
 
+    /// Creates a new app's interface; with `missing-netns = "wait"`, a namespace that does not
+    /// exist gives a missing interface instead of an error.
+    fn create_or_wait(&self, spec: &InterfaceSpec, now: Instant) -> Result<Iface, IoError> {
+        match tun::create(spec) {
+            Ok((device, id)) => Ok(Iface {
+                spec: spec.clone(),
+                device: Some(device),
+                watch: Watch::up(id, now),
+            }),
+            Err(IoError::Netns { path, source, .. })
+                if self.cfg.missing_netns == MissingNetns::Wait
+                    && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                let then = if heal::may_return(&spec.netns) {
+                    "waiting for it (missing-netns = \"wait\")"
+                } else {
+                    "a process path is not waited for: update the policy's netns and reload"
+                };
+                tracing::warn!(
+                    tenant = %spec.tenant,
+                    endpoint = %spec.endpoint,
+                    netns = %spec.netns,
+                    "the app's namespace does not exist ({} is missing); {then}",
+                    path.display()
+                );
+                Ok(Iface {
+                    spec: spec.clone(),
+                    device: None,
+                    watch: Watch::missing(
+                        format!("waiting for the namespace ({} is missing)", path.display()),
+                        now,
+                    ),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops watching an interface and drops it (which removes it from its namespace).
+    fn unwatch(&mut self, iface: Iface) {
+        if let Some(device) = &iface.device {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&raw_fd(device)));
+        }
+        drop(iface);
+    }
+
+    /// Takes an interface in (up or missing) and watches its device, if any.
     fn install(&mut self, port: PortId, iface: Iface) {
+        if iface.device.is_some() {
+            tracing::info!(
+                tenant = %iface.spec.tenant,
+                endpoint = %iface.spec.endpoint,
+                netns = %iface.spec.netns,
+                ifname = %iface.spec.ifname,
+                "interface up"
+            );
+        }
+        self.ifaces.insert(port, iface);
+        self.watch_device(port);
+    }
+
+    /// Registers the device of `port` with the poll and reads what already waits.
+    fn watch_device(&mut self, port: PortId) {
+        let Some(iface) = self.ifaces.get_mut(&port) else {
+            return;
+        };
+        let Some(device) = &iface.device else {
+            return;
+        };
         let token = Token(TUN_BASE + port.0 as usize);
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&raw_fd(&iface.device)),
-            token,
-            Interest::READABLE,
-        ) {
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&raw_fd(device)), token, Interest::READABLE)
+        {
             self.io.interface_errors += 1;
             tracing::error!(ifname = %iface.spec.ifname, "cannot watch the interface: {e}");
+            iface.device = None;
+            iface
+                .watch
+                .lost(format!("cannot watch the interface: {e}"), Instant::now());
             return;
         }
-        tracing::info!(
-            tenant = %iface.spec.tenant,
-            endpoint = %iface.spec.endpoint,
-            netns = %iface.spec.netns,
-            ifname = %iface.spec.ifname,
-            "interface up"
-        );
-        self.ifaces.insert(port, iface);
         // Packets may already be waiting (edge-triggered readiness).
         self.drain_tun(port);
     }
 
     fn drain_tun(&mut self, port: PortId) {
         loop {
-            let Some(iface) = self.ifaces.get(&port) else {
+            let Some(device) = self.ifaces.get(&port).and_then(|i| i.device.as_ref()) else {
                 return;
             };
-            let n = match iface.device.recv(&mut self.rbuf) {
+            let n = match device.recv(&mut self.rbuf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::debug!(ifname = %iface.spec.ifname, "read failed: {e}");
+                    // The device is gone under us (deleted in its namespace): start over.
+                    let why = format!("reading the interface failed: {e}");
+                    self.lose(port, why, Instant::now());
                     return;
                 }
             };
@@ -471,19 +783,43 @@ impl Runtime {
     }
 
     fn write_tun(&mut self, port: PortId, len: usize) {
-        match self
-            .ifaces
-            .get(&port)
-            .map(|i| i.device.send(&self.obuf[..len]))
-        {
-            Some(Ok(_)) => self.io.tun_tx += 1,
-            _ => self.io.tun_tx_errors += 1,
+        match self.ifaces.get_mut(&port) {
+            Some(Iface {
+                device: Some(device),
+                ..
+            }) => match device.send(&self.obuf[..len]) {
+                Ok(_) => self.io.tun_tx += 1,
+                Err(_) => self.io.tun_tx_errors += 1,
+            },
+            // Its namespace went away: the port and the sessions stay, the packet cannot.
+            Some(iface) => {
+                iface.watch.dropped += 1;
+                self.io.tun_tx_no_interface += 1;
+            }
+            None => self.io.tun_tx_no_interface += 1,
         }
     }
 
     fn flush(&mut self) {
         while let Some(t) = self.engine.poll_transmit(&mut self.obuf) {
             self.send_udp(t);
+        }
+    }
+
+    /// A metrics client is ready: read its request, or write (more of) its answer.
+    fn serve_metrics(&mut self, token: Token) {
+        let Some(server) = self.metrics.as_mut() else {
+            return;
+        };
+        let Some(id) = server.client(token) else {
+            return;
+        };
+        let metrics::Progress::Asked(request) = server.ready(id, self.poll.registry()) else {
+            return;
+        };
+        let answer = metrics::response(request, || metrics::render(&self.status()));
+        if let Some(server) = self.metrics.as_mut() {
+            server.answer(id, answer, self.poll.registry());
         }
     }
 

@@ -10,7 +10,7 @@ use ip_network::IpNetwork;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 use super::IoError;
-use super::netns::in_netns;
+use super::netns::{NetnsId, in_netns_identified};
 
 /// What to create for one local endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,9 +61,10 @@ fn ip(args: &[&str], spec: &InterfaceSpec) -> Result<(), IoError> {
 }
 
 /// Creates and configures the interface inside its namespace; the returned device is
-/// non-blocking. Dropping it removes the interface (and its routes) from the namespace.
-pub fn create(spec: &InterfaceSpec) -> Result<SyncDevice, IoError> {
-    in_netns(&spec.netns, || {
+/// non-blocking. Dropping it removes the interface (and its routes) from the namespace. Also
+/// returns the identity of the namespace it was created in.
+pub fn create(spec: &InterfaceSpec) -> Result<(SyncDevice, NetnsId), IoError> {
+    in_netns_identified(&spec.netns, || {
         let device = DeviceBuilder::new()
             .name(&spec.ifname)
             .mtu(spec.mtu)
