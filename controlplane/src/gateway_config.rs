@@ -35,6 +35,24 @@ pub struct GatewayConfig {
     /// MTU of the app interfaces; 1420 leaves room for WireGuard over IPv6 on a 1500 WAN.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// Where to serve Prometheus metrics (`GET /metrics`); absent: not served. Unauthenticated
+    /// and naming tenants and peers: keep it on loopback (a warning is logged otherwise).
+    pub metrics: Option<SocketAddr>,
+    /// An app whose namespace does not exist at start (or at a reload that adds it).
+    #[serde(default)]
+    pub missing_netns: MissingNetns,
+}
+
+/// What the gateway does about an app whose namespace does not exist when it starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissingNetns {
+    /// Refuse to start (and refuse a reload that adds such an app): the default.
+    #[default]
+    Fail,
+    /// Start without that app's interface and create it when the namespace appears (for
+    /// service managers, which may start the gateway before the containers).
+    Wait,
 }
 
 fn default_listen() -> SocketAddr {
@@ -193,6 +211,10 @@ fn hint(field: &str) -> Option<&'static str> {
             "give IP:PORT, e.g. \"0.0.0.0:51820\" or \"[::]:51820\" (an address: host names are not resolved)"
         }
         "mtu" => "give a number from 1280 to 9000, e.g. 1420",
+        "metrics" => {
+            "give IP:PORT to serve Prometheus metrics on, e.g. \"127.0.0.1:9477\" (keep it on loopback), or leave it out"
+        }
+        "missing-netns" => "give \"fail\" (the default) or \"wait\"",
         _ => return None,
     })
 }
@@ -224,6 +246,44 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:51820".parse().unwrap());
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         assert_eq!(c.mtu, 1420);
+        assert_eq!(c.metrics, None);
+        assert_eq!(c.missing_netns, MissingNetns::Fail);
+    }
+
+    #[test]
+    fn metrics_and_missing_netns() {
+        let p = Path::new("gw.toml");
+        let c = GatewayConfig::parse(
+            "name = \"e\"\nkey-dir = \"k\"\nmetrics = \"127.0.0.1:9477\"\nmissing-netns = \"wait\"\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9477".parse().unwrap()));
+        assert_eq!(c.missing_netns, MissingNetns::Wait);
+        let e = GatewayConfig::parse(
+            "name = \"e\"\nkey-dir = \"k\"\nmissing-netns = \"later\"\n",
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("gw.toml:3:17: missing-netns: unknown variant `later`"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("give \"fail\" (the default) or \"wait\""),
+            "{e}"
+        );
+        let e = GatewayConfig::parse(
+            "name = \"e\"\nkey-dir = \"k\"\nmetrics = \"localhost\"\n",
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("gw.toml:3:11: metrics: invalid socket address syntax; give IP:PORT"),
+            "{e}"
+        );
     }
 
     #[test]
