@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use controlplane::compile::compile_gateway;
-use controlplane::gateway_config::{DEFAULT_PATH, GatewayConfig};
+use controlplane::gateway_config::{self, DEFAULT_PATH, GatewayConfig};
 use controlplane::keys::load_gateway_keys;
 use controlplane::policy::Policy;
-use dataplane::io::{GatewayPlan, InterfaceSpec, Runtime, RuntimeConfig};
+use dataplane::io::{GatewayPlan, InterfaceSpec, MissingNetns, Runtime, RuntimeConfig};
 
 /// `corridor gateway ...`
 #[derive(Debug, clap::Subcommand)]
@@ -98,6 +98,11 @@ fn run_gateway(config_path: &Path) -> Result<ExitCode> {
             gateway: config.name.clone(),
             listen: config.listen,
             control_socket: Some(config.control_socket.clone()),
+            metrics: config.metrics,
+            missing_netns: match config.missing_netns {
+                gateway_config::MissingNetns::Fail => MissingNetns::Fail,
+                gateway_config::MissingNetns::Wait => MissingNetns::Wait,
+            },
         },
         plan,
     )?;
@@ -107,6 +112,9 @@ fn run_gateway(config_path: &Path) -> Result<ExitCode> {
         interfaces,
         listen = %runtime.local_addr()?,
         control = %config.control_socket.display(),
+        metrics = %runtime
+            .metrics_addr()
+            .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
         "gateway running"
     );
     runtime.run(&mut || {

@@ -16,8 +16,58 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "corridor", version, about)]
 struct Cli {
+    /// How to log (on stderr): `human` lines, or `json`, one object per line for log
+    /// collectors [default: human, or the CORRIDOR_LOG_FORMAT environment variable].
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per event (timestamp, level, fields, message).
+    Json,
+}
+
+/// The environment variable that sets the log format when `--log-format` is not given.
+const LOG_FORMAT_ENV: &str = "CORRIDOR_LOG_FORMAT";
+
+/// `--log-format`, else the environment variable, else human.
+fn log_format(flag: Option<LogFormat>) -> Result<LogFormat, String> {
+    use clap::ValueEnum as _;
+    if let Some(f) = flag {
+        return Ok(f);
+    }
+    match std::env::var(LOG_FORMAT_ENV) {
+        Ok(v) if !v.trim().is_empty() => LogFormat::from_str(v.trim(), true)
+            .map_err(|_| format!("{LOG_FORMAT_ENV}={v:?}: use human or json")),
+        _ => Ok(LogFormat::Human),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match format {
+        LogFormat::Human => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .without_time()
+            .with_target(false)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,16 +88,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .without_time()
-        .with_target(false)
-        .init();
     let cli = Cli::parse();
+    match log_format(cli.log_format) {
+        Ok(format) => init_logging(format),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Keys(cmd) => keys_cmd::run(cmd),
@@ -61,5 +109,23 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_format_is_global_and_defaults_to_human() {
+        let cli = Cli::try_parse_from(["corridor", "status", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, Some(LogFormat::Json));
+        let cli = Cli::try_parse_from(["corridor", "--log-format", "human", "status"]).unwrap();
+        assert_eq!(cli.log_format, Some(LogFormat::Human));
+        assert!(Cli::try_parse_from(["corridor", "--log-format", "xml", "status"]).is_err());
+        let cli = Cli::try_parse_from(["corridor", "status"]).unwrap();
+        assert_eq!(cli.log_format, None);
+        // The flag wins over the environment (not read when the flag is given).
+        assert_eq!(log_format(Some(LogFormat::Json)), Ok(LogFormat::Json));
     }
 }

@@ -8,8 +8,10 @@ use anyhow::{Context, Result, anyhow};
 use controlplane::gateway_config::{
     DEFAULT_CONTROL_SOCKET, DEFAULT_PATH, GatewayConfig, GatewayConfigError,
 };
-use dataplane::engine::Drops;
-use dataplane::io::{ControlRequest, StatusReport, query_control};
+use dataplane::engine::{DropReason, Drops, PeerStats};
+use dataplane::io::{
+    ControlRequest, InterfaceState, InterfaceStatus, REJECT_AFTER_TIME, StatusReport, query_control,
+};
 
 /// Arguments of `corridor status`.
 #[derive(Debug, clap::Args)]
@@ -24,6 +26,18 @@ pub(crate) struct StatusArgs {
     /// Print the gateway's JSON report as it is, for scripts.
     #[arg(long)]
     json: bool,
+    /// Refresh until Ctrl-C: in place on a terminal, else one report after the other.
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 2,
+        requires = "watch",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    interval: u64,
 }
 
 /// The control socket to ask, and how it was found (for messages).
@@ -111,16 +125,65 @@ fn ago(d: Option<Duration>) -> String {
 
 pub(crate) fn run(args: StatusArgs) -> Result<ExitCode> {
     let (path, how) = socket_path(&args)?;
-    let answer = query_control(&path, ControlRequest::Status)
-        .map_err(|e| anyhow!(unreachable(&path, &how, &e)))?;
+    if args.watch {
+        return watch(&args, &path, &how);
+    }
+    print(&once(&args, &path, &how)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One report, as text (or JSON with --json).
+fn once(args: &StatusArgs, path: &Path, how: &str) -> Result<String> {
+    let answer = query_control(path, ControlRequest::Status)
+        .map_err(|e| anyhow!(unreachable(path, how, &e)))?;
     if args.json {
-        print(answer.trim_end());
-        return Ok(ExitCode::SUCCESS);
+        return Ok(answer.trim_end().to_owned());
     }
     let report: StatusReport = serde_json::from_str(&answer)
         .with_context(|| format!("the gateway answered something unexpected: {answer}"))?;
-    print(&render(&report));
+    Ok(render(&report))
+}
+
+/// ANSI: cursor home, clear the screen.
+const CLEAR: &str = "\x1b[H\x1b[2J";
+
+/// `--watch`: a report every `--interval` until SIGINT or SIGTERM, which end it with success.
+/// A gateway that stops answering is said in place of the report, and watched on.
+fn watch(args: &StatusArgs, path: &Path, how: &str) -> Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let terminal = std::io::stdout().is_terminal();
+    let interval = Duration::from_secs(args.interval);
+    while !stop.load(Ordering::SeqCst) {
+        let block = once(args, path, how).unwrap_or_else(|e| format!("error: {e:#}"));
+        print(&watch_frame(&block, args.interval, terminal, args.json));
+        let until = std::time::Instant::now() + interval;
+        while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    if terminal {
+        print("");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One refresh of `--watch`: on a terminal, the screen is cleared and a header says how to
+/// stop; otherwise reports follow each other (JSON: one line each; text: a blank line apart).
+fn watch_frame(block: &str, interval: u64, terminal: bool, json: bool) -> String {
+    if terminal {
+        format!("{CLEAR}every {interval}s, Ctrl-C to stop\n\n{block}")
+    } else if json {
+        block.to_owned()
+    } else {
+        format!("{block}\n")
+    }
 }
 
 #[expect(
@@ -129,6 +192,71 @@ pub(crate) fn run(args: StatusArgs) -> Result<ExitCode> {
 )]
 fn print(text: &str) {
     println!("{text}");
+}
+
+/// Why a peer may be silent, from its counters: empty when nothing looks wrong.
+pub(crate) fn peer_hints(p: &PeerStats) -> Vec<String> {
+    let mut hints = Vec::new();
+    let c = &p.counters;
+    match p.last_handshake {
+        None if p.endpoint.is_none() => hints.push(
+            "no handshake yet: its address is unknown until it dials in (is it running? does it know this gateway's endpoint?)"
+                .to_owned(),
+        ),
+        None => hints.push(
+            "no handshake yet (if traffic waits: the peer's address, its keys and the WAN in between)"
+                .to_owned(),
+        ),
+        Some(d) if d >= REJECT_AFTER_TIME => hints.push(format!(
+            "handshake {} ago: stale, no session (normal while idle: traffic starts a new handshake)",
+            duration(d)
+        )),
+        Some(_) => {}
+    }
+    if c.tx.packets > 0 && c.rx.packets == 0 {
+        hints.push(format!(
+            "sending but no reply: {} packets sent, none received (one-way traffic, or the other side drops them: check its status)",
+            c.tx.packets
+        ));
+    }
+    let denied = c.drops.get(DropReason::PolicyDenied);
+    if denied > 0 && denied * 2 > c.drops.total() {
+        hints.push(format!(
+            "policy drops: {denied} of its {} drops are policy_denied (flows no [[allow]] rule allows, on one side or the other)",
+            c.drops.total()
+        ));
+    }
+    hints
+}
+
+/// One interface's line.
+fn interface_line(i: &InterfaceStatus) -> String {
+    let mut line = format!(
+        "  {}/{}  netns {}  {}",
+        i.tenant, i.endpoint, i.netns, i.ifname
+    );
+    if i.state == InterfaceState::Missing {
+        line.push_str("  MISSING");
+        if let Some(secs) = i.missing_secs {
+            line.push_str(&format!(" for {}", duration(Duration::from_secs(secs))));
+        }
+        if let Some(p) = &i.problem {
+            line.push_str(&format!(": {p}"));
+        }
+    }
+    if i.netns_losses > 0 || i.recoveries > 0 {
+        line.push_str(&format!(
+            "  (lost {}, recovered {})",
+            i.netns_losses, i.recoveries
+        ));
+    }
+    if i.missing_drops > 0 {
+        line.push_str(&format!(
+            "  {} packets dropped while missing",
+            i.missing_drops
+        ));
+    }
+    line
 }
 
 /// The human form of a status report.
@@ -150,11 +278,7 @@ pub(crate) fn render(r: &StatusReport) -> String {
     }
     let _ = writeln!(s, "interfaces:");
     for i in &r.interfaces {
-        let _ = writeln!(
-            s,
-            "  {}/{}  netns {}  {}",
-            i.tenant, i.endpoint, i.netns, i.ifname
-        );
+        let _ = writeln!(s, "{}", interface_line(i));
     }
     for t in &r.engine.tenants {
         let _ = writeln!(
@@ -176,6 +300,9 @@ pub(crate) fn render(r: &StatusReport) -> String {
                 bytes(p.counters.rx.bytes),
                 drops(&p.counters.drops),
             );
+            for hint in peer_hints(p) {
+                let _ = writeln!(s, "    ! {hint}");
+            }
         }
         let _ = writeln!(s, "  all drops of the tenant: {}", drops(&t.counters.drops));
     }
@@ -183,7 +310,7 @@ pub(crate) fn render(r: &StatusReport) -> String {
     let io = &r.io;
     let _ = write!(
         s,
-        "io: wan rx {} tx {} (dropped {}, errors {}), interfaces rx {} tx {} (errors {}), interface failures {}",
+        "io: wan rx {} tx {} (dropped {}, errors {}), interfaces rx {} tx {} (errors {}, no interface {}), interface failures {}",
         io.udp_rx,
         io.udp_tx,
         io.udp_tx_dropped,
@@ -191,6 +318,7 @@ pub(crate) fn render(r: &StatusReport) -> String {
         io.tun_rx,
         io.tun_tx,
         io.tun_tx_errors,
+        io.tun_tx_no_interface,
         io.interface_errors
     );
     s
@@ -235,6 +363,7 @@ mod tests {
                 endpoint: "acme-cloud".into(),
                 netns: "/proc/4242/ns/net".into(),
                 ifname: "corridor0".into(),
+                ..InterfaceStatus::default()
             }],
             engine: EngineStats {
                 tenants: vec![TenantStats {
@@ -278,6 +407,7 @@ mod tests {
             reloads: 2,
             reload_failures: 1,
             last_reload_error: Some("the policy is invalid".into()),
+            configs_applied: 3,
         }
     }
 
@@ -293,11 +423,13 @@ mod tests {
             "tenant acme  (key AcmeKey=, 2 tracked connections)",
             "  peer edge-1  endpoint 192.168.60.3:40000  handshake 1m 15s ago",
             "    sent 12 pkts / 3.0 MiB  received 10 pkts / 2.0 KiB  drops: policy_denied=3",
+            "    ! policy drops: 3 of its 3 drops are policy_denied (flows no [[allow]] rule allows, on one side or the other)",
             "  peer legacy-hub  endpoint unknown  handshake never",
             "    sent 0 pkts / 0 B  received 0 pkts / 0 B  drops: none",
+            "    ! no handshake yet: its address is unknown until it dials in (is it running? does it know this gateway's endpoint?)",
             "  all drops of the tenant: spoofed_source=1 policy_denied=3",
             "drops of no tenant: malformed_datagram=1 unknown_index=5",
-            "io: wan rx 16 tx 12 (dropped 0, errors 0), interfaces rx 0 tx 0 (errors 0), interface failures 0",
+            "io: wan rx 16 tx 12 (dropped 0, errors 0), interfaces rx 0 tx 0 (errors 0, no interface 0), interface failures 0",
         ];
         assert_eq!(lines, expected, "{text}");
     }
@@ -317,6 +449,124 @@ mod tests {
         );
         assert!(!text.contains("last reload refused"), "{text}");
         assert!(text.contains("\ndrops of no tenant: none\n"), "{text}");
+    }
+
+    fn peer(hs: Option<u64>, tx: u64, rx: u64, reasons: &[(DropReason, u64)]) -> PeerStats {
+        PeerStats {
+            name: "p".into(),
+            public_key: "K=".into(),
+            endpoint: Some("192.0.2.1:51820".parse().unwrap()),
+            last_handshake: hs.map(Duration::from_secs),
+            counters: Counters {
+                tx: Traffic {
+                    packets: tx,
+                    bytes: tx * 100,
+                },
+                rx: Traffic {
+                    packets: rx,
+                    bytes: rx * 100,
+                },
+                drops: drops(reasons),
+            },
+        }
+    }
+
+    #[test]
+    fn silent_peers_say_why() {
+        // Healthy: nothing to say.
+        assert!(peer_hints(&peer(Some(30), 10, 10, &[])).is_empty());
+        assert!(peer_hints(&peer(Some(179), 0, 0, &[(DropReason::NoRoute, 5)])).is_empty());
+        let h = peer_hints(&peer(None, 0, 0, &[]));
+        assert_eq!(h.len(), 1);
+        assert!(h[0].starts_with("no handshake yet ("), "{h:?}");
+        let h = peer_hints(&peer(Some(300), 4, 4, &[]));
+        assert_eq!(h.len(), 1);
+        assert!(
+            h[0].starts_with("handshake 5m 0s ago: stale, no session"),
+            "{h:?}"
+        );
+        let h = peer_hints(&peer(Some(3), 7, 0, &[]));
+        assert_eq!(h.len(), 1);
+        assert!(
+            h[0].starts_with("sending but no reply: 7 packets sent, none received"),
+            "{h:?}"
+        );
+        // Policy drops dominate (more than half), or they do not.
+        let h = peer_hints(&peer(
+            Some(3),
+            7,
+            7,
+            &[(DropReason::PolicyDenied, 3), (DropReason::Replay, 2)],
+        ));
+        assert_eq!(h.len(), 1);
+        assert!(h[0].starts_with("policy drops: 3 of its 5 drops"), "{h:?}");
+        assert!(
+            peer_hints(&peer(
+                Some(3),
+                7,
+                7,
+                &[(DropReason::PolicyDenied, 2), (DropReason::Replay, 2)]
+            ))
+            .is_empty()
+        );
+        // Several at once.
+        let h = peer_hints(&peer(None, 9, 0, &[(DropReason::PolicyDenied, 1)]));
+        assert_eq!(h.len(), 3, "{h:?}");
+    }
+
+    #[test]
+    fn missing_interfaces_say_so() {
+        let mut i = InterfaceStatus {
+            tenant: "acme".into(),
+            endpoint: "acme-app".into(),
+            netns: "acme-app".into(),
+            ifname: "corridor0".into(),
+            ..InterfaceStatus::default()
+        };
+        assert_eq!(
+            interface_line(&i),
+            "  acme/acme-app  netns acme-app  corridor0"
+        );
+        i.state = InterfaceState::Missing;
+        i.missing_secs = Some(75);
+        i.problem = Some("the namespace is gone (/var/run/netns/acme-app does not exist)".into());
+        i.netns_losses = 2;
+        i.recoveries = 1;
+        i.missing_drops = 40;
+        assert_eq!(
+            interface_line(&i),
+            "  acme/acme-app  netns acme-app  corridor0  MISSING for 1m 15s: the namespace is gone (/var/run/netns/acme-app does not exist)  (lost 2, recovered 1)  40 packets dropped while missing"
+        );
+        let mut r = report();
+        r.interfaces = vec![i];
+        assert!(render(&r).contains("  MISSING for 1m 15s: "));
+    }
+
+    #[test]
+    fn watch_frames() {
+        assert_eq!(
+            watch_frame("gateway x", 2, true, false),
+            "\x1b[H\x1b[2Jevery 2s, Ctrl-C to stop\n\ngateway x"
+        );
+        assert_eq!(watch_frame("gateway x", 2, false, false), "gateway x\n");
+        assert_eq!(watch_frame("{}", 2, false, true), "{}");
+        let args = |v: &[&str]| {
+            #[derive(Debug, clap::Parser)]
+            struct T {
+                #[command(flatten)]
+                a: StatusArgs,
+            }
+            <T as clap::Parser>::try_parse_from(std::iter::once("status").chain(v.iter().copied()))
+                .map(|t| t.a)
+        };
+        let a = args(&["--watch", "--interval", "5"]).unwrap();
+        assert!(a.watch && a.interval == 5);
+        assert_eq!(args(&["--watch"]).unwrap().interval, 2);
+        assert!(
+            args(&["--interval", "5"]).is_err(),
+            "--interval needs --watch"
+        );
+        assert!(args(&["--watch", "--interval", "0"]).is_err());
     }
 
     #[test]
