@@ -9,6 +9,7 @@ pub mod netns;
 mod runtime;
 mod summary;
 pub mod tun;
+mod wan;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -22,18 +22,18 @@ use serde::{Deserialize, Serialize};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::os::unix::net::{UnixListener, UnixStream};
-use tun_rs::SyncDevice;
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::heal::{self, Probe, Watch};
 use super::metrics;
 use super::netns::NetnsId;
 use super::summary::{DropSummary, SUMMARY_EVERY};
 use super::tun::{self, InterfaceSpec};
+use super::wan::{Sent, TxBatch, Wan};
 use super::{IoError, control};
 use crate::config::EngineConfig;
 use crate::engine::{
-    AppOutcome, ApplyReport, Engine, EngineStats, MAX_PACKET, OVERHEAD, PortId, Transmit,
-    WanOutcome,
+    AppOutcome, ApplyReport, Engine, EngineStats, MAX_PACKET, OVERHEAD, PortId, WanOutcome,
 };
 
 const UDP: Token = Token(0);
@@ -182,14 +182,15 @@ pub struct Runtime {
     cfg: RuntimeConfig,
     engine: Engine,
     poll: Poll,
-    udp: mio::net::UdpSocket,
+    wan: Wan,
+    tx: TxBatch,
     ifaces: HashMap<PortId, Iface>,
     control: Option<UnixListener>,
     conns: HashMap<usize, (UnixStream, Vec<u8>)>,
     next_conn: usize,
     signals: Signals,
-    rbuf: Vec<u8>,
     obuf: Vec<u8>,
+    fast: FastBuffers,
     io: IoCounters,
     started: Instant,
     reloads: u64,
@@ -225,13 +226,15 @@ impl Runtime {
             addr: cfg.listen,
             source,
         })?;
-        std_udp
-            .set_nonblocking(true)
-            .map_err(os("making the WAN socket non-blocking"))?;
-        let mut udp = mio::net::UdpSocket::from_std(std_udp);
+        let wan = Wan::new(std_udp).map_err(os("setting up the WAN socket"))?;
+        let tx = TxBatch::new(wan.max_gso_segments());
         let poll = Poll::new().map_err(os("creating the event loop"))?;
         poll.registry()
-            .register(&mut udp, UDP, Interest::READABLE)
+            .register(
+                &mut SourceFd(&wan.socket().as_raw_fd()),
+                UDP,
+                Interest::READABLE,
+            )
             .map_err(os("registering the WAN socket"))?;
         let mut signals =
             Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(os("installing signal handlers"))?;
@@ -270,14 +273,15 @@ impl Runtime {
             cfg,
             engine: Engine::new(),
             poll,
-            udp,
+            wan,
+            tx,
             ifaces: HashMap::new(),
             control,
             conns: HashMap::new(),
             next_conn: 0,
             signals,
-            rbuf: vec![0; MAX_PACKET + OVERHEAD],
             obuf: vec![0; MAX_PACKET + OVERHEAD],
+            fast: FastBuffers::new(),
             io: IoCounters::default(),
             started: now,
             reloads: 0,
@@ -303,7 +307,10 @@ impl Runtime {
 
     /// The WAN socket's local address (useful with port 0).
     pub fn local_addr(&self) -> Result<SocketAddr, IoError> {
-        self.udp.local_addr().map_err(os("reading the WAN address"))
+        self.wan
+            .socket()
+            .local_addr()
+            .map_err(os("reading the WAN address"))
     }
 
     /// The metrics listener's address, if metrics are served.
@@ -722,87 +729,126 @@ impl Runtime {
         self.drain_tun(port);
     }
 
+    /// Reads everything the app's interface has: with offload, one read may be a 64 KB
+    /// super-packet that arrives here split into MTU-sized packets. Each goes through the engine;
+    /// the datagrams leave in GSO batches.
     fn drain_tun(&mut self, port: PortId) {
-        loop {
-            let Some(device) = self.ifaces.get(&port).and_then(|i| i.device.as_ref()) else {
-                return;
-            };
-            let n = match device.recv(&mut self.rbuf) {
+        while let Some(device) = self.ifaces.get(&port).and_then(|i| i.device.as_ref()) {
+            let f = &mut self.fast;
+            let n = match device.recv_multiple(&mut f.tun_raw, &mut f.tun_pkts, &mut f.tun_sizes, 0)
+            {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // The device is gone under us (deleted in its namespace): start over.
                     let why = format!("reading the interface failed: {e}");
                     self.lose(port, why, Instant::now());
-                    return;
+                    break;
                 }
             };
-            self.io.tun_rx += 1;
             let now = Instant::now();
-            match self
-                .engine
-                .handle_app_packet(port, &self.rbuf[..n], now, &mut self.obuf)
-            {
-                AppOutcome::Send(t) | AppOutcome::Pending(Some(t)) => self.send_udp(t),
-                AppOutcome::Deliver { port, len } => self.write_tun(port, len),
-                AppOutcome::Pending(None) | AppOutcome::Drop(_) => {}
+            for i in 0..n {
+                self.io.tun_rx += 1;
+                let f = &self.fast;
+                let len = f.tun_sizes[i].min(f.tun_pkts[i].len());
+                match self.engine.handle_app_packet(
+                    port,
+                    &f.tun_pkts[i][..len],
+                    now,
+                    &mut self.obuf,
+                ) {
+                    AppOutcome::Send(t) | AppOutcome::Pending(Some(t)) => {
+                        self.tx
+                            .push(&self.wan, t.to, &self.obuf[..t.len], &mut self.fast.sent);
+                    }
+                    AppOutcome::Deliver { port, len } => {
+                        let packet = &self.obuf[..len];
+                        self.fast.queue_tun(port, packet);
+                    }
+                    AppOutcome::Pending(None) | AppOutcome::Drop(_) => {}
+                }
             }
         }
+        self.flush();
     }
 
+    /// Reads everything the WAN socket has, in batches (recvmmsg, GRO); decrypted packets are
+    /// written to the apps' interfaces in batches too (coalesced into super-packets).
     fn drain_udp(&mut self) {
         loop {
-            let (n, from) = match self.udp.recv_from(&mut self.rbuf) {
-                Ok(r) => r,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            let n = match self.wan.recv() {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // ICMP errors of earlier sends surface here (e.g. connection refused): go on.
                 Err(_) => continue,
             };
-            self.io.udp_rx += 1;
             let now = Instant::now();
-            match self
-                .engine
-                .handle_wan_datagram(from, &self.rbuf[..n], now, &mut self.obuf)
-            {
-                WanOutcome::Deliver { port, len } => self.write_tun(port, len),
-                WanOutcome::Reply(t) => self.send_udp(t),
-                WanOutcome::Consumed | WanOutcome::Drop(_) => {}
+            for i in 0..n {
+                let (from, datagrams) = self.wan.received(i);
+                for datagram in datagrams {
+                    self.io.udp_rx += 1;
+                    let out = self.fast.take_buffer(datagram.len());
+                    match self.engine.handle_wan_datagram(
+                        from,
+                        datagram,
+                        now,
+                        &mut out[VIRTIO_NET_HDR_LEN..],
+                    ) {
+                        WanOutcome::Deliver { port, len } => {
+                            self.fast.keep_buffer(port, VIRTIO_NET_HDR_LEN + len);
+                        }
+                        WanOutcome::Reply(t) => {
+                            let start = VIRTIO_NET_HDR_LEN;
+                            let reply = &self.fast.current[start..start + t.len];
+                            self.tx.push(&self.wan, t.to, reply, &mut self.fast.sent);
+                        }
+                        WanOutcome::Consumed | WanOutcome::Drop(_) => {}
+                    }
+                }
             }
             self.flush();
         }
+        self.flush();
     }
 
-    fn send_udp(&mut self, t: Transmit) {
-        match self.udp.send_to(&self.obuf[..t.len], t.to) {
-            Ok(_) => self.io.udp_tx += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.io.udp_tx_dropped += 1,
-            Err(_) => self.io.udp_tx_errors += 1,
-        }
-    }
-
-    fn write_tun(&mut self, port: PortId, len: usize) {
-        match self.ifaces.get_mut(&port) {
-            Some(Iface {
-                device: Some(device),
-                ..
-            }) => match device.send(&self.obuf[..len]) {
-                Ok(_) => self.io.tun_tx += 1,
-                Err(_) => self.io.tun_tx_errors += 1,
-            },
-            // Its namespace went away: the port and the sessions stay, the packet cannot.
-            Some(iface) => {
-                iface.watch.dropped += 1;
-                self.io.tun_tx_no_interface += 1;
-            }
-            None => self.io.tun_tx_no_interface += 1,
-        }
-    }
-
+    /// Sends what the engine queued, the pending GSO batch, and the pending interface writes.
     fn flush(&mut self) {
         while let Some(t) = self.engine.poll_transmit(&mut self.obuf) {
-            self.send_udp(t);
+            self.tx
+                .push(&self.wan, t.to, &self.obuf[..t.len], &mut self.fast.sent);
+        }
+        self.tx.flush(&self.wan, &mut self.fast.sent);
+        let sent = std::mem::take(&mut self.fast.sent);
+        self.io.udp_tx += sent.ok;
+        self.io.udp_tx_dropped += sent.full;
+        self.io.udp_tx_errors += sent.failed;
+        let fast = &mut self.fast;
+        for (port, bufs) in fast.tun_out.iter_mut() {
+            if bufs.is_empty() {
+                continue;
+            }
+            let count = bufs.len() as u64;
+            match self.ifaces.get_mut(port) {
+                Some(Iface {
+                    device: Some(device),
+                    ..
+                }) => match device.send_multiple(&mut fast.gro, bufs, VIRTIO_NET_HDR_LEN) {
+                    Ok(_) => self.io.tun_tx += count,
+                    Err(_) => self.io.tun_tx_errors += count,
+                },
+                // Its namespace went away: the port and the sessions stay, the packets cannot.
+                Some(iface) => {
+                    iface.watch.dropped += count;
+                    self.io.tun_tx_no_interface += count;
+                }
+                None => self.io.tun_tx_no_interface += count,
+            }
+            for mut b in bufs.drain(..) {
+                b.clear();
+                fast.pool.push(b);
+            }
         }
     }
 
@@ -910,4 +956,80 @@ impl Drop for Runtime {
 
 fn raw_fd(device: &SyncDevice) -> std::os::fd::RawFd {
     device.as_raw_fd()
+}
+
+/// Reused buffers of the batched paths: nothing is allocated per packet once warm.
+struct FastBuffers {
+    /// One raw read from a TUN device (virtio header + up to 64 KB).
+    tun_raw: Vec<u8>,
+    /// The packets a raw read was split into.
+    tun_pkts: Vec<Vec<u8>>,
+    tun_sizes: Vec<usize>,
+    /// Decrypted packets waiting to be written, per port (virtio header room in front).
+    tun_out: Vec<(PortId, Vec<Vec<u8>>)>,
+    /// The buffer being filled by the engine (not yet kept for a port).
+    current: Vec<u8>,
+    pool: Vec<Vec<u8>>,
+    gro: GROTable,
+    sent: Sent,
+}
+
+/// Largest packet a TUN read yields after splitting: the interface MTU is at most 9000.
+const TUN_PACKET: usize = 9216;
+
+impl FastBuffers {
+    fn new() -> Self {
+        FastBuffers {
+            tun_raw: vec![0; VIRTIO_NET_HDR_LEN + MAX_PACKET],
+            tun_pkts: (0..IDEAL_BATCH_SIZE).map(|_| vec![0; TUN_PACKET]).collect(),
+            tun_sizes: vec![0; IDEAL_BATCH_SIZE],
+            tun_out: Vec::new(),
+            current: Vec::new(),
+            pool: Vec::new(),
+            gro: GROTable::default(),
+            sent: Sent::default(),
+        }
+    }
+
+    /// A zeroed buffer for the engine to write a packet of up to `len` bytes after the virtio
+    /// header; it stays current until kept or replaced.
+    fn take_buffer(&mut self, len: usize) -> &mut [u8] {
+        let mut b = if self.current.capacity() > 0 {
+            std::mem::take(&mut self.current)
+        } else {
+            self.pool.pop().unwrap_or_default()
+        };
+        b.clear();
+        b.resize(VIRTIO_NET_HDR_LEN + len.max(crate::engine::MIN_OUT), 0);
+        self.current = b;
+        &mut self.current
+    }
+
+    /// Keeps the current buffer (its first `len` bytes) for writing to `port`.
+    fn keep_buffer(&mut self, port: PortId, len: usize) {
+        let mut b = std::mem::take(&mut self.current);
+        b.truncate(len);
+        self.out_for(port).push(b);
+    }
+
+    /// Queues a copy of `packet` for `port`.
+    fn queue_tun(&mut self, port: PortId, packet: &[u8]) {
+        let mut b = self.pool.pop().unwrap_or_default();
+        b.clear();
+        b.resize(VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(packet);
+        self.out_for(port).push(b);
+    }
+
+    fn out_for(&mut self, port: PortId) -> &mut Vec<Vec<u8>> {
+        let i = match self.tun_out.iter().position(|(p, _)| *p == port) {
+            Some(i) => i,
+            None => {
+                self.tun_out
+                    .push((port, Vec::with_capacity(IDEAL_BATCH_SIZE)));
+                self.tun_out.len() - 1
+            }
+        };
+        &mut self.tun_out[i].1
+    }
 }

@@ -68,6 +68,9 @@ pub fn create(spec: &InterfaceSpec) -> Result<(SyncDevice, NetnsId), IoError> {
         let device = DeviceBuilder::new()
             .name(&spec.ifname)
             .mtu(spec.mtu)
+            // Virtio headers with TSO/USO: reads may be 64 KB super-packets (split in
+            // userspace), writes are coalesced back into super-packets (GRO).
+            .offload(true)
             .build_sync()
             .map_err(|source| IoError::Tun {
                 netns: spec.netns.clone(),
