@@ -1,5 +1,6 @@
 //! The `corridor` binary: one command for every role. Thin: parses, wires, prints.
 
+mod bench_cmd;
 mod demo;
 #[cfg(target_os = "linux")]
 mod demo_netns;
@@ -56,6 +57,8 @@ fn init_logging(format: LogFormat) {
         LogFormat::Human => tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter(filter)
+            // Colours for people at a terminal, not escape codes in journald or a file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .without_time()
             .with_target(false)
             .init(),
@@ -85,6 +88,8 @@ enum Command {
     Gateway(gateway_cmd::GatewayCommand),
     /// Show what the running gateway is doing: per tenant, per peer.
     Status(status_cmd::StatusArgs),
+    /// Measure this machine: AEAD speed per core, the engine in memory, a real tunnel (root).
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +107,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Gateway(cmd) => gateway_cmd::run(cmd),
         Command::Status(args) => status_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
     };
     match result {
         Ok(code) => code,

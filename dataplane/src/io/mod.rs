@@ -31,7 +31,7 @@ pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 pub enum IoError {
     /// The namespace does not exist or cannot be opened.
     #[error(
-        "network namespace {netns:?} cannot be opened at {path}: {source}; create it (ip netns add NAME) or fix the endpoint's `netns`"
+        "network namespace {netns:?} cannot be opened at {path}: {source}; create it (ip netns add NAME) or fix the endpoint's `netns`, or set missing-netns = \"wait\" in gateway.toml to go on without it until it appears"
     )]
     Netns {
         /// As configured.
