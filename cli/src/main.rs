@@ -1,6 +1,5 @@
 //! The `corridor` binary: one command for every role. Thin: parses, wires, prints.
 
-mod bench_cmd;
 mod demo;
 #[cfg(target_os = "linux")]
 mod demo_netns;
@@ -57,8 +56,12 @@ fn init_logging(format: LogFormat) {
         LogFormat::Human => tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter(filter)
-            // Colours for people at a terminal, not escape codes in journald or a file.
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            // Colours for people at a terminal (unless NO_COLOR), not escape codes in journald
+            // or a file.
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .without_time()
             .with_target(false)
             .init(),
@@ -88,8 +91,6 @@ enum Command {
     Gateway(gateway_cmd::GatewayCommand),
     /// Show what the running gateway is doing: per tenant, per peer.
     Status(status_cmd::StatusArgs),
-    /// Measure this machine: AEAD speed per core, the engine in memory, a real tunnel (root).
-    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,7 +108,6 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Gateway(cmd) => gateway_cmd::run(cmd),
         Command::Status(args) => status_cmd::run(args),
-        Command::Bench(args) => bench_cmd::run(args),
     };
     match result {
         Ok(code) => code,
