@@ -596,7 +596,10 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 }
 
 /// Runs `f` on a new (unscoped) thread inside namespace `ns`.
-#[expect(clippy::panic, reason = "a test helper: failing loudly, with the cause, is its job")]
+#[expect(
+    clippy::panic,
+    reason = "a test helper: failing loudly, with the cause, is its job"
+)]
 pub fn spawn_in_ns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
@@ -634,7 +637,10 @@ impl Lab {
 
     /// Runs a command in a namespace until it exits; after `timeout` it is killed and the
     /// status is `None`. Returns the status and everything it printed (stdout, then stderr).
-    #[expect(clippy::panic, reason = "a test helper: failing loudly, with the cause, is its job")]
+    #[expect(
+        clippy::panic,
+        reason = "a test helper: failing loudly, with the cause, is its job"
+    )]
     pub fn run_until_exit(
         &self,
         ns: &str,
@@ -847,4 +853,39 @@ pub fn tcp_stream(
         client,
         server: server_side,
     })
+}
+
+/// Whether a TCP connection from `client_ns` to a server at `server` in `server_ns` opens
+/// within `timeout` and carries a few bytes. For checks that something does *not* get
+/// through: unlike [`tcp_transfer`], it never waits for a connection that cannot come.
+pub fn tcp_reaches(
+    client_ns: &str,
+    server_ns: &str,
+    server: SocketAddr,
+    timeout: Duration,
+) -> bool {
+    let Ok(listener) = in_ns(server_ns, || TcpListener::bind(server)) else {
+        return false;
+    };
+    if listener.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let Ok(mut conn) = in_ns(client_ns, || TcpStream::connect_timeout(&server, timeout)) else {
+        return false;
+    };
+    if conn.write_all(b"probe").is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok((mut accepted, _)) = listener.accept() {
+            let mut got = [0u8; 5];
+            return accepted.set_nonblocking(false).is_ok()
+                && accepted.set_read_timeout(Some(timeout)).is_ok()
+                && accepted.read_exact(&mut got).is_ok()
+                && &got == b"probe";
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
