@@ -1,5 +1,6 @@
 //! The `corridor` binary: one command for every role. Thin: parses, wires, prints.
 
+mod bench_cmd;
 mod demo;
 #[cfg(target_os = "linux")]
 mod demo_netns;
@@ -91,6 +92,8 @@ enum Command {
     Gateway(gateway_cmd::GatewayCommand),
     /// Show what the running gateway is doing: per tenant, per peer.
     Status(status_cmd::StatusArgs),
+    /// Measure this machine: AEAD speed per core, the engine in memory, a real tunnel (root).
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Gateway(cmd) => gateway_cmd::run(cmd),
         Command::Status(args) => status_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
     };
     match result {
         Ok(code) => code,
