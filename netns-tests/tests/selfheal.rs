@@ -293,8 +293,19 @@ fn missing_netns_wait_starts_without_it_and_picks_it_up() {
         scrape(&edge).must("corridor_interface_up", &up("acme-app", "acme")),
         1.0
     );
+
+    // Someone deletes the interface inside the namespace: it comes back too.
+    ip(&["-n", &acme_app, "link", "del", "corridor0"]);
+    let again = until(Duration::from_secs(5), || {
+        let i = iface(&edge, "acme-app");
+        i.state == InterfaceState::Up && i.recoveries == 2
+    })
+    .unwrap_or_else(|| panic!("the deleted interface did not come back\n{}", edge.log()));
+    let i = iface(&edge, "acme-app");
+    assert_eq!(i.netns_losses, 1, "{i:?}");
+    assert!(lab.ping(&acme_app, "10.20.100.1", 2), "{}", edge.log());
     eprintln!(
-        "missing-netns wait: interface created {created:?} after the namespace appeared; {:.1}s",
+        "missing-netns wait: interface created {created:?} after the namespace appeared, re-created {again:?} after being deleted; {:.1}s",
         started.elapsed().as_secs_f64()
     );
 }
