@@ -71,12 +71,13 @@ pub(crate) fn load_plan(config: &GatewayConfig, policy_dir: &Path) -> Result<Gat
 }
 
 fn run_gateway(config_path: &Path) -> Result<ExitCode> {
+    // The configuration's errors first: they are the same whatever the binary.
+    let config = GatewayConfig::load(config_path)?;
     if dataplane::VIRTUAL_CLOCK {
         bail!(
             "this corridor binary was built with the test-only virtual clock and cannot run a gateway; build it with `cargo build --release -p corridor`"
         );
     }
-    let config = GatewayConfig::load(config_path)?;
     let policy_dir = config.policy.clone().with_context(|| {
         format!(
             "{}: no `policy`: standalone mode needs the policy directory to serve",
