@@ -500,7 +500,11 @@ fn engine_result(direction: &'static str, bytes: usize, packets: u64, secs: f64)
 fn measure_engine(seconds: f64) -> Result<Vec<EngineResult>> {
     let mut results = Vec::new();
     for size in ENGINE_SIZES {
-        let (mut world, app) = engine_pair()?;
+        // The engines log their configuration at info: not progress a person needs here.
+        let (mut world, app) = tracing::subscriber::with_default(
+            tracing::subscriber::NoSubscriber::default(),
+            engine_pair,
+        )?;
         let packet = udp_packet(size)?;
         let now = world.now();
         let from = world.nodes[0].addr;
