@@ -889,3 +889,559 @@ pub fn tcp_reaches(
     }
     false
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the isolation, attack and lossy-WAN tests: tools that must be installed, threads
+// in namespaces, counting listeners, raw IPv4 packets, WAN capture and a delaying UDP relay.
+// ---------------------------------------------------------------------------------------------
+
+/// What a [`Sink`] has received so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkCounts {
+    /// TCP connections accepted.
+    pub tcp_connections: u64,
+    /// Bytes read from them.
+    pub tcp_bytes: u64,
+    /// UDP datagrams received.
+    pub udp_datagrams: u64,
+    /// Bytes in them.
+    pub udp_bytes: u64,
+}
+
+impl SinkCounts {
+    /// Whether anything at all arrived.
+    pub fn is_empty(&self) -> bool {
+        *self == SinkCounts::default()
+    }
+}
+
+/// A TCP and a UDP listener on one address and port inside a namespace that count whatever
+/// arrives (connections, bytes, datagrams); they stop when the sink is dropped.
+#[derive(Debug)]
+pub struct Sink {
+    /// Where it listens (TCP and UDP).
+    pub addr: SocketAddr,
+    counts: std::sync::Arc<std::sync::Mutex<SinkCounts>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    /// Listens on `addr` (TCP and UDP) in namespace `ns`.
+    #[expect(
+        clippy::panic,
+        reason = "a test helper: failing loudly, with the cause, is its job"
+    )]
+    pub fn new(ns: &str, addr: SocketAddr) -> Sink {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let (tcp, udp) = in_ns(ns, || (TcpListener::bind(addr), UdpSocket::bind(addr)));
+        let tcp = tcp.unwrap_or_else(|e| panic!("sink: bind tcp {addr} in {ns}: {e}"));
+        let udp = udp.unwrap_or_else(|e| panic!("sink: bind udp {addr} in {ns}: {e}"));
+        let counts = Arc::new(Mutex::new(SinkCounts::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (counts, stop) = (counts.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let _ = tcp.set_nonblocking(true);
+                let mut conns: Vec<TcpStream> = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::SeqCst) {
+                    let mut idle = true;
+                    if let Ok((conn, _)) = tcp.accept() {
+                        let _ = conn.set_nonblocking(true);
+                        conns.push(conn);
+                        add_counts(&counts, |c| c.tcp_connections += 1);
+                        idle = false;
+                    }
+                    conns.retain_mut(|conn| match conn.read(&mut buf) {
+                        Ok(0) => false,
+                        Ok(n) => {
+                            add_counts(&counts, |c| c.tcp_bytes += n as u64);
+                            idle = false;
+                            true
+                        }
+                        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                    });
+                    if idle {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }));
+        }
+        {
+            let (counts, stop) = (counts.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let _ = udp.set_read_timeout(Some(Duration::from_millis(20)));
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(n) = udp.recv(&mut buf) {
+                        add_counts(&counts, |c| {
+                            c.udp_datagrams += 1;
+                            c.udp_bytes += n as u64;
+                        });
+                    }
+                }
+            }));
+        }
+        Sink {
+            addr,
+            counts,
+            stop,
+            threads,
+        }
+    }
+
+    /// What has arrived so far.
+    pub fn counts(&self) -> SinkCounts {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits (up to `timeout`) until `pred` holds for the counts; returns the last counts.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&SinkCounts) -> bool) -> SinkCounts {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.counts();
+            if pred(&c) || Instant::now() >= deadline {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn add_counts(counts: &std::sync::Mutex<SinkCounts>, f: impl FnOnce(&mut SinkCounts)) {
+    f(&mut counts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner));
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// From `ns`, connects to `to` over TCP and writes `data`; the error if it cannot.
+pub fn tcp_send(ns: &str, to: SocketAddr, data: &[u8], timeout: Duration) -> std::io::Result<()> {
+    let mut conn = in_ns(ns, || TcpStream::connect_timeout(&to, timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    conn.write_all(data)?;
+    conn.shutdown(std::net::Shutdown::Write)
+}
+
+/// From `ns`, sends `count` UDP datagrams of `data` to `to`; the first error if any.
+pub fn udp_send(ns: &str, to: SocketAddr, data: &[u8], count: usize) -> std::io::Result<()> {
+    let sock = in_ns(ns, || UdpSocket::bind("0.0.0.0:0"))?;
+    for _ in 0..count {
+        sock.send_to(data, to)?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Internet checksum (RFC 1071) of `data`, folded, complemented.
+fn inet_checksum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = initial;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum = sum.wrapping_add(u32::from(word));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 packet carrying `payload` as protocol `proto` (checksums filled in; for UDP and TCP
+/// the transport checksum must be computed by the caller or left as in `payload`).
+pub fn ipv4_packet(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let total = u16::try_from(20 + payload.len()).unwrap_or(u16::MAX);
+    let mut p = Vec::with_capacity(usize::from(total));
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let sum = inet_checksum(&p[..20], 0);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An IPv4 UDP packet from `src` to `dst` with a correct UDP checksum.
+pub fn ipv4_udp(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, data: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(8 + data.len()).unwrap_or(u16::MAX);
+    let mut udp = Vec::with_capacity(usize::from(len));
+    udp.extend_from_slice(&src.port().to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(data);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.ip().octets());
+    pseudo.extend_from_slice(&dst.ip().octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    let initial: u32 = pseudo
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    let mut sum = inet_checksum(&udp, initial);
+    if sum == 0 {
+        sum = 0xffff;
+    }
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    ipv4_packet(*src.ip(), *dst.ip(), 17, &udp)
+}
+
+/// Sends complete IPv4 packets (headers included, any source address) from inside `ns` with
+/// a raw socket; the kernel routes each by its destination. Returns how many went out.
+pub fn send_raw_ipv4(ns: &str, packets: &[Vec<u8>]) -> std::io::Result<usize> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sendto, socket,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = in_ns(ns, || {
+        socket(
+            AddressFamily::Inet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::Raw,
+        )
+    })
+    .map_err(std::io::Error::from)?;
+    let mut sent = 0;
+    for p in packets {
+        let dst = p
+            .get(16..20)
+            .map(|d| std::net::Ipv4Addr::new(d[0], d[1], d[2], d[3]))
+            .ok_or_else(|| std::io::Error::other("not an IPv4 packet"))?;
+        let addr = SockaddrIn::from(std::net::SocketAddrV4::new(dst, 0));
+        sendto(fd.as_raw_fd(), p, &addr, MsgFlags::empty()).map_err(std::io::Error::from)?;
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(sent)
+}
+
+/// One UDP datagram seen by a [`Capture`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// Source address and port.
+    pub src: std::net::SocketAddrV4,
+    /// Destination address and port.
+    pub dst: std::net::SocketAddrV4,
+    /// The UDP payload.
+    pub payload: Vec<u8>,
+}
+
+/// A packet capture (AF_PACKET, every interface) of the IPv4 UDP datagrams a namespace receives,
+/// like `tcpdump -i any udp` but with nothing to install.
+#[derive(Debug)]
+pub struct Capture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Captured>>>,
+}
+
+impl Capture {
+    /// Starts capturing in `ns` the datagrams that arrive there (not those sent from it).
+    #[expect(
+        clippy::panic,
+        reason = "a test helper: failing loudly, with the cause, is its job"
+    )]
+    pub fn start(ns: &str) -> Capture {
+        use nix::sys::socket::{
+            AddressFamily, LinkAddr, SockFlag, SockProtocol, SockType, recvfrom, setsockopt,
+            socket, sockopt,
+        };
+        use std::os::fd::AsRawFd;
+        let fd = in_ns(ns, || {
+            socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::SOCK_CLOEXEC,
+                SockProtocol::EthAll,
+            )
+        })
+        .unwrap_or_else(|e| panic!("capture: AF_PACKET socket in {ns}: {e}"));
+        setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 50_000),
+        )
+        .unwrap_or_else(|e| panic!("capture: SO_RCVTIMEO: {e}"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while !flag.load(Ordering::SeqCst) {
+                let Ok((n, Some(from))) = recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) else {
+                    continue;
+                };
+                // PACKET_OUTGOING: our own transmissions.
+                if from.pkttype() == 4 {
+                    continue;
+                }
+                // ARPHRD_NONE (TUN) frames are bare IP; everything else here is Ethernet.
+                let ip = if from.hatype() == 65534 {
+                    buf.get(..n)
+                } else if buf.get(12..14) == Some(&[0x08, 0x00]) {
+                    buf.get(14..n)
+                } else {
+                    None
+                };
+                if let Some(c) = ip.and_then(parse_ipv4_udp) {
+                    seen.push(c);
+                }
+            }
+            seen
+        });
+        Capture {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and returns what was captured, in order.
+    pub fn finish(mut self) -> Vec<Captured> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn parse_ipv4_udp(ip: &[u8]) -> Option<Captured> {
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if ip.first()? >> 4 != 4 || *ip.get(9)? != 17 {
+        return None;
+    }
+    // Fragments other than the first carry no UDP header.
+    if u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff != 0 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let ip = ip.get(..total)?;
+    let udp = ip.get(ihl..)?;
+    let addr = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    let len = usize::from(port(udp.get(4..6)?));
+    Some(Captured {
+        src: std::net::SocketAddrV4::new(addr(ip.get(12..16)?), port(udp.get(0..2)?)),
+        dst: std::net::SocketAddrV4::new(addr(ip.get(16..20)?), port(udp.get(2..4)?)),
+        payload: udp.get(8..len)?.to_vec(),
+    })
+}
+
+/// A UDP relay that delays every datagram by a fixed time in both directions, preserving order:
+/// a stand-in for a long WAN where the kernel has no netem.
+///
+/// Whoever sends to `front` is the client (the last sender wins); its datagrams leave from
+/// `back` toward `target`, and what comes back on `back` from `target` goes to the client.
+/// It runs until dropped.
+#[derive(Debug)]
+pub struct DelayRelay {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Datagrams relayed toward the target and toward the client.
+    pub relayed: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+}
+
+impl DelayRelay {
+    /// Starts the relay in namespace `ns`.
+    #[expect(
+        clippy::panic,
+        reason = "a test helper: failing loudly, with the cause, is its job"
+    )]
+    pub fn start(
+        ns: &str,
+        front: SocketAddr,
+        back: SocketAddr,
+        target: SocketAddr,
+        delay: Duration,
+    ) -> DelayRelay {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::{Arc, Mutex, mpsc};
+        let (f, b) = in_ns(ns, || (UdpSocket::bind(front), UdpSocket::bind(back)));
+        let front_sock = f.unwrap_or_else(|e| panic!("relay: bind {front} in {ns}: {e}"));
+        let back_sock = b.unwrap_or_else(|e| panic!("relay: bind {back} in {ns}: {e}"));
+        for s in [&front_sock, &back_sock] {
+            let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::RcvBuf, &(8 << 20));
+            let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::SndBuf, &(8 << 20));
+            let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+        }
+        let front_sock = Arc::new(front_sock);
+        let back_sock = Arc::new(back_sock);
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let relayed = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let mut threads = Vec::new();
+        // Direction 0: client -> target; 1: target -> client.
+        for dir in 0..2usize {
+            let (rx_sock, tx_sock) = if dir == 0 {
+                (front_sock.clone(), back_sock.clone())
+            } else {
+                (back_sock.clone(), front_sock.clone())
+            };
+            let (queue, pending) = mpsc::channel::<(Instant, Vec<u8>)>();
+            {
+                let (stop, client) = (stop.clone(), client.clone());
+                threads.push(std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok((n, from)) = rx_sock.recv_from(&mut buf) else {
+                            continue;
+                        };
+                        if dir == 0 {
+                            *client
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(from);
+                        } else if from != target {
+                            continue;
+                        }
+                        let _ = queue.send((Instant::now() + delay, buf[..n].to_vec()));
+                    }
+                }));
+            }
+            {
+                let (stop, client, relayed) = (stop.clone(), client.clone(), relayed.clone());
+                threads.push(std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok((due, data)) = pending.recv_timeout(Duration::from_millis(50))
+                        else {
+                            continue;
+                        };
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        let to = if dir == 0 {
+                            Some(target)
+                        } else {
+                            *client
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        };
+                        if let Some(to) = to
+                            && tx_sock.send_to(&data, to).is_ok()
+                        {
+                            relayed[dir].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+        }
+        DelayRelay {
+            stop,
+            threads,
+            relayed,
+        }
+    }
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// [`tcp_transfer`], with `configure` applied to the client's connected socket before any data
+/// is written (e.g. to choose its congestion control); its error fails the transfer.
+pub fn tcp_transfer_configured(
+    client_ns: &str,
+    server_ns: &str,
+    server: SocketAddr,
+    len: usize,
+    timeout: Duration,
+    configure: impl FnOnce(&TcpStream) -> Result<(), String>,
+) -> Result<(), String> {
+    let data = payload(len, len as u64);
+    let want = digest(&data);
+    let listener = in_ns(server_ns, || TcpListener::bind(server))
+        .map_err(|e| format!("bind {server} in {server_ns}: {e}"))?;
+    std::thread::scope(|s| {
+        let server_side = s.spawn(move || -> Result<u64, String> {
+            let (mut conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+            conn.set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            let mut got = Vec::with_capacity(len);
+            conn.read_to_end(&mut got)
+                .map_err(|e| format!("server read after {} bytes: {e}", got.len()))?;
+            if got.len() != len {
+                return Err(format!("server got {} of {len} bytes", got.len()));
+            }
+            Ok(digest(&got))
+        });
+        let client = in_ns(client_ns, || TcpStream::connect_timeout(&server, timeout))
+            .map_err(|e| format!("connect to {server} from {client_ns}: {e}"));
+        let sent = client.and_then(|mut c| {
+            configure(&c)?;
+            c.set_write_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            c.write_all(&data)
+                .map_err(|e| format!("client write: {e}"))?;
+            c.shutdown(std::net::Shutdown::Write)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = sent {
+            // Unblock the server so the scope can end.
+            let _ = in_ns(client_ns, || {
+                TcpStream::connect_timeout(&server, Duration::from_millis(200))
+            });
+            let _ = server_side.join();
+            return Err(e);
+        }
+        match server_side.join() {
+            Ok(Ok(got)) if got == want => Ok(()),
+            Ok(Ok(_)) => Err("the bytes arrived changed".to_owned()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the server thread panicked".to_owned()),
+        }
+    })
+}
+
+/// Sets a TCP socket's congestion control (`TCP_CONGESTION`, e.g. `"bbr"`); as root this
+/// loads any algorithm the kernel has, whatever the namespace allows by default.
+pub fn set_congestion_control(conn: &TcpStream, algorithm: &str) -> Result<(), String> {
+    nix::sys::socket::setsockopt(
+        conn,
+        nix::sys::socket::sockopt::TcpCongestion,
+        &std::ffi::OsString::from(algorithm),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot set TCP congestion control {algorithm:?}: {e} (the kernel needs it: \
+             modprobe tcp_{algorithm}; available: {})",
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+                .unwrap_or_default()
+                .trim()
+        )
+    })
+}
