@@ -15,6 +15,20 @@ pub(crate) type EndpointIdx = u16;
 
 pub(crate) struct RouteTable {
     table: IpNetworkTable<EndpointIdx>,
+    /// Small tables (the common case: a few endpoints) are scanned linearly, most specific
+    /// first, which beats the trie's pointer chasing on every packet.
+    small: Option<Vec<Small>>,
+}
+
+/// Tables up to this many prefixes use the linear scan.
+const SMALL: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+struct Small {
+    v6: bool,
+    network: u128,
+    mask: u128,
+    endpoint: EndpointIdx,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -83,15 +97,45 @@ impl RouteTable {
             }
             open = Some((fam, end, *ep, *net));
         }
+        let small = (all.len() <= SMALL).then(|| {
+            let mut v: Vec<(u8, Small)> = all
+                .iter()
+                .map(|(ep, net)| {
+                    let (_, start, end) = range(net);
+                    let len = net.netmask();
+                    (
+                        len,
+                        Small {
+                            v6: matches!(net, IpNetwork::V6(_)),
+                            network: start,
+                            mask: !(end - start),
+                            endpoint: *ep,
+                        },
+                    )
+                })
+                .collect();
+            v.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+            v.into_iter().map(|(_, s)| s).collect()
+        });
         let mut table = IpNetworkTable::new();
         for (ep, net) in all {
             table.insert(net, ep);
         }
-        Ok(RouteTable { table })
+        Ok(RouteTable { table, small })
     }
 
     /// The endpoint owning `addr`, if any.
     pub(crate) fn lookup(&self, addr: IpAddr) -> Option<EndpointIdx> {
+        if let Some(small) = &self.small {
+            let (v6, a) = match addr {
+                IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+                IpAddr::V6(a) => (true, u128::from(a)),
+            };
+            return small
+                .iter()
+                .find(|s| s.v6 == v6 && a & s.mask == s.network)
+                .map(|s| s.endpoint);
+        }
         match addr {
             IpAddr::V4(a) => self.table.longest_match_ipv4(a).map(|(_, e)| *e),
             IpAddr::V6(a) => self.table.longest_match_ipv6(a).map(|(_, e)| *e),
@@ -120,6 +164,40 @@ mod tests {
         assert_eq!(t.lookup("10.20.100.77".parse().unwrap()), Some(1));
         assert_eq!(t.lookup("10.20.1.11".parse().unwrap()), None);
         assert_eq!(t.lookup("fd00::5".parse().unwrap()), Some(2));
+    }
+
+    #[test]
+    fn small_and_large_tables_agree() {
+        // The same prefixes, once below the linear-scan threshold and once padded above it.
+        let base = [
+            (0, "10.20.1.10/32"),
+            (1, "10.20.100.0/24"),
+            (1, "10.20.100.1/32"),
+            (2, "fd00::/64"),
+            (3, "192.0.0.0/2"),
+        ];
+        let small = RouteTable::build(base.iter().map(|(e, n)| (*e, net(n)))).unwrap();
+        assert!(small.small.is_some());
+        let padding = (0..40u16).map(|i| (4 + i, net(&format!("172.16.{i}.0/24"))));
+        let large =
+            RouteTable::build(base.iter().map(|(e, n)| (*e, net(n))).chain(padding)).unwrap();
+        assert!(large.small.is_none());
+        for a in [
+            "10.20.1.10",
+            "10.20.1.11",
+            "10.20.100.1",
+            "10.20.100.200",
+            "fd00::1",
+            "fd01::1",
+            "1.2.3.4",
+            "200.1.1.1",
+            "0.0.0.0",
+        ] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(small.lookup(ip), large.lookup(ip), "{a}");
+        }
+        assert_eq!(small.lookup("200.1.1.1".parse().unwrap()), Some(3));
+        assert_eq!(small.lookup("1.2.3.4".parse().unwrap()), None);
     }
 
     #[test]
