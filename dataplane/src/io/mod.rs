@@ -3,6 +3,7 @@
 //! engine answers, it writes. It holds no policy of its own.
 
 mod control;
+mod gro;
 mod heal;
 pub mod metrics;
 pub mod netns;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::os::unix::net::{UnixListener, UnixStream};
-use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::heal::{self, Probe, Watch};
 use super::metrics;
@@ -834,10 +834,20 @@ impl Runtime {
                 Some(Iface {
                     device: Some(device),
                     ..
-                }) => match device.send_multiple(&mut fast.gro, bufs, VIRTIO_NET_HDR_LEN) {
-                    Ok(_) => self.io.tun_tx += count,
-                    Err(_) => self.io.tun_tx_errors += count,
-                },
+                }) => {
+                    // Runs of one TCP flow go out as super-packets (one write, one pass
+                    // through the app's TCP stack); everything else as it came.
+                    super::gro::coalesce(bufs, &mut fast.write);
+                    let mut failed = false;
+                    for &i in &fast.write {
+                        failed |= device.send(&bufs[i]).is_err();
+                    }
+                    if failed {
+                        self.io.tun_tx_errors += count;
+                    } else {
+                        self.io.tun_tx += count;
+                    }
+                }
                 // Its namespace went away: the port and the sessions stay, the packets cannot.
                 Some(iface) => {
                     iface.watch.dropped += count;
@@ -970,7 +980,8 @@ struct FastBuffers {
     /// The buffer being filled by the engine (not yet kept for a port).
     current: Vec<u8>,
     pool: Vec<Vec<u8>>,
-    gro: GROTable,
+    /// Which of a port's buffers to write after coalescing.
+    write: Vec<usize>,
     sent: Sent,
 }
 
@@ -986,7 +997,7 @@ impl FastBuffers {
             tun_out: Vec::new(),
             current: Vec::new(),
             pool: Vec::new(),
-            gro: GROTable::default(),
+            write: Vec::with_capacity(IDEAL_BATCH_SIZE),
             sent: Sent::default(),
         }
     }
