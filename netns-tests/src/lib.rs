@@ -13,6 +13,11 @@
 //! into `target/netns-bin`: the workspace test build enables the engine's test-only virtual clock
 //! (feature unification), and a gateway built like that refuses to run.
 
+#![expect(
+    clippy::panic,
+    reason = "a test harness: failing loudly, with what went wrong, is its job"
+)]
+
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::Hasher;
