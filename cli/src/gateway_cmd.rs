@@ -27,8 +27,9 @@ pub(crate) fn run(cmd: GatewayCommand) -> Result<ExitCode> {
     }
 }
 
-/// Capabilities from /proc/self/status: creating TUN devices needs CAP_NET_ADMIN (12) and
-/// entering other network namespaces CAP_SYS_ADMIN (21).
+/// Capabilities from /proc/self/status: creating TUN devices needs CAP_NET_ADMIN (12),
+/// entering other network namespaces CAP_SYS_ADMIN (21), and opening a container process's
+/// `/proc/PID/ns/net` CAP_SYS_PTRACE (19).
 fn missing_capabilities() -> Vec<&'static str> {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return Vec::new();
@@ -38,11 +39,15 @@ fn missing_capabilities() -> Vec<&'static str> {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
         .unwrap_or(0);
-    [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")]
-        .into_iter()
-        .filter(|(bit, _)| eff & (1 << bit) == 0)
-        .map(|(_, name)| name)
-        .collect()
+    [
+        (12, "CAP_NET_ADMIN"),
+        (21, "CAP_SYS_ADMIN"),
+        (19, "CAP_SYS_PTRACE"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| eff & (1 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect()
 }
 
 /// Reads the policy and keys and compiles what this gateway runs.
@@ -84,7 +89,14 @@ fn run_gateway(config_path: &Path) -> Result<ExitCode> {
             config_path.display()
         )
     })?;
-    let missing = missing_capabilities();
+    let mut missing = missing_capabilities();
+    if missing.contains(&"CAP_SYS_PTRACE") {
+        // Only needed for `netns = "/proc/PID/ns/net"` of another user's process.
+        tracing::warn!(
+            "without CAP_SYS_PTRACE, endpoints whose netns is a /proc/PID/ns/net path of a container cannot be opened"
+        );
+        missing.retain(|c| *c != "CAP_SYS_PTRACE");
+    }
     if !missing.is_empty() {
         bail!(
             "corridor gateway needs {} to create interfaces in the apps' namespaces: run it as root",

@@ -32,7 +32,8 @@ pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 pub enum IoError {
     /// The namespace does not exist or cannot be opened.
     #[error(
-        "network namespace {netns:?} cannot be opened at {path}: {source}; create it (ip netns add NAME) or fix the endpoint's `netns`, or set missing-netns = \"wait\" in gateway.toml to go on without it until it appears"
+        "network namespace {netns:?} cannot be opened at {path}: {source}{hint}",
+        hint = netns_hint(source)
     )]
     Netns {
         /// As configured.
@@ -99,6 +100,17 @@ pub enum IoError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+fn netns_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "; opening another process's namespace needs CAP_SYS_PTRACE besides CAP_SYS_ADMIN (run as root, or keep it in the unit's CapabilityBoundingSet)"
+        }
+        _ => {
+            "; create it (ip netns add NAME) or fix the endpoint's `netns`, or set missing-netns = \"wait\" in gateway.toml to go on without it until it appears"
+        }
+    }
 }
 
 fn tun_hint(e: &std::io::Error) -> &'static str {
