@@ -116,15 +116,48 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes, `: `-joined, leaving out a cause whose text an outer message
+/// already quotes (the I/O errors name their OS error themselves).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chain_does_not_repeat_quoted_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let e = anyhow::Error::new(dataplane::io::IoError::Bind {
+            addr: ([0, 0, 0, 0], 51820).into(),
+            source: io,
+        })
+        .context("starting the gateway");
+        let text = error_chain(&e);
+        assert_eq!(text.matches("Address already in use").count(), 1, "{text}");
+        assert!(
+            text.starts_with("starting the gateway: cannot listen on 0.0.0.0:51820"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn log_format_is_global_and_defaults_to_human() {

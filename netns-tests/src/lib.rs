@@ -515,8 +515,9 @@ pub fn tcp_transfer(
                 .map_err(|e| e.to_string())
         });
         if let Err(e) = sent {
-            // Unblock the server so the scope can end.
-            let _ = in_ns(client_ns, || {
+            // Unblock the server so the scope can end: from its own namespace, since the
+            // client's may not reach it at all.
+            let _ = in_ns(server_ns, || {
                 TcpStream::connect_timeout(&server, Duration::from_millis(200))
             });
             let _ = server_side.join();
@@ -1416,8 +1417,9 @@ pub fn tcp_transfer_configured(
                 .map_err(|e| e.to_string())
         });
         if let Err(e) = sent {
-            // Unblock the server so the scope can end.
-            let _ = in_ns(client_ns, || {
+            // Unblock the server so the scope can end: from its own namespace, since the
+            // client's may not reach it at all.
+            let _ = in_ns(server_ns, || {
                 TcpStream::connect_timeout(&server, Duration::from_millis(200))
             });
             let _ = server_side.join();

@@ -574,7 +574,15 @@ impl Runtime {
         for spec in &plan.interfaces {
             match running.get(&(spec.tenant.as_str(), spec.endpoint.as_str())) {
                 None => fresh.push(self.create_or_wait(spec, now)?),
-                Some(old) if *old != spec => changed.push(spec.clone()),
+                Some(old) if *old != spec => {
+                    // A changed interface is rebuilt after the engine takes the plan; its new
+                    // namespace must be there now, or the reload is refused with nothing
+                    // changed (unless missing-netns = "wait").
+                    if self.cfg.missing_netns != MissingNetns::Wait && old.netns != spec.netns {
+                        drop(super::netns::open_netns(&spec.netns)?);
+                    }
+                    changed.push(spec.clone());
+                }
                 Some(_) => {}
             }
         }
