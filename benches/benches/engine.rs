@@ -62,7 +62,12 @@ fn decrypt(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
+    config = Criterion::default()
+        // HTML plots (plotters) cost more time than the measurements; `target/criterion` keeps the data.
+        .without_plots()
+        .sample_size(30)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(2));
     targets = encrypt, decrypt
 }
 criterion_main!(benches);

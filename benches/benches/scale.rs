@@ -275,6 +275,8 @@ fn mac1(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
+        // HTML plots (plotters) cost more time than the measurements; `target/criterion` keeps the data.
+        .without_plots()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(700))
         .measurement_time(Duration::from_secs(2));

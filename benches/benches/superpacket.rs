@@ -121,6 +121,8 @@ fn decrypt(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
+        // HTML plots (plotters) cost more time than the measurements; `target/criterion` keeps the data.
+        .without_plots()
         .sample_size(20)
         .warm_up_time(std::time::Duration::from_secs(1))
         .measurement_time(std::time::Duration::from_secs(3));
