@@ -18,9 +18,14 @@ fn bench_json_has_every_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     // Progress goes to stderr, the report alone to stdout.
-    assert!(stderr.contains("bench: ChaCha20-Poly1305 seal, core"), "{stderr}");
+    assert!(
+        stderr.contains("bench: ChaCha20-Poly1305 seal, core"),
+        "{stderr}"
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    for key in ["version", "date", "machine", "seconds", "aead", "engine", "ceiling"] {
+    for key in [
+        "version", "date", "machine", "seconds", "aead", "engine", "ceiling",
+    ] {
         assert!(v.get(key).is_some(), "{key} missing in {v}");
     }
     assert!(v["tunnel"].is_null(), "no tunnel without --tunnel");
@@ -39,7 +44,12 @@ fn bench_json_has_every_field() {
         assert!(e["packets_per_s"].as_f64().unwrap() > 0.0, "{e}");
     }
     assert!(v["ceiling"]["aead_1420_gbit_per_s"].as_f64().unwrap() > 0.0);
-    assert!(v["ceiling"]["engine_encrypt_1420_fraction"].as_f64().unwrap() > 0.0);
+    assert!(
+        v["ceiling"]["engine_encrypt_1420_fraction"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 }
 
 #[test]
