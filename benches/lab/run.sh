@@ -167,13 +167,13 @@ for impl in "${IMPLS[@]}"; do
     NOTE[$impl]="failed: the tunnel did not come up"; lab_down; continue
   fi
   # Every process in the two namespaces now is the tunnel's (iperf3 is not started yet).
-  pids=$( { ip netns pids "$A"; ip netns pids "$B"; } 2>/dev/null | sort -u | tr '\n' ' ')
+  mapfile -t pids < <( { ip netns pids "$A"; ip netns pids "$B"; } 2>/dev/null | sort -u)
   for p in 1 4; do
-    c0=$(cpu_ticks $pids)
+    c0=$(cpu_ticks "${pids[@]}")
     rate=$(lab_iperf "$addr" "$SECS" -P "$p")
-    c1=$(cpu_ticks $pids)
-    cpu=$(awk -v r="$rate" -v s="$SECS" -v c=$((c1 - c0)) -v n="${pids:-}" 'BEGIN {
-      if (n == "" || r !~ /^[0-9.]+$/ || r == 0) print "n/a"; else printf "%.2f", (c / 100) / (r * s / 8) }')
+    c1=$(cpu_ticks "${pids[@]}")
+    cpu=$(awk -v r="$rate" -v s="$SECS" -v c=$((c1 - c0)) -v n="${#pids[@]}" 'BEGIN {
+      if (n == 0 || r !~ /^[0-9.]+$/ || r == 0) print "n/a"; else printf "%.2f", (c / 100) / (r * s / 8) }')
     if [ "$p" = 1 ]; then G1[$impl]=$rate; C1[$impl]=$cpu; else G4[$impl]=$rate; C4[$impl]=$cpu; fi
     sleep 1
   done
