@@ -41,8 +41,10 @@ const SIGNALS: Token = Token(1);
 const CONTROL: Token = Token(2);
 const METRICS: Token = Token(3);
 const TUN_BASE: usize = 1 << 20;
-const CONN_BASE: usize = 1 << 40;
-const HTTP_BASE: usize = 1 << 44;
+// Token ranges fit a 32-bit usize (armv7): ports below 1 << 26, control clients cycle through
+// 1 << 26 ids, metrics clients through 1 << 20 above HTTP_BASE.
+const CONN_BASE: usize = 1 << 26;
+const HTTP_BASE: usize = 1 << 27;
 
 /// What to do at start (and on reload) about an app whose namespace does not exist.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -895,7 +897,7 @@ impl Runtime {
             match listener.accept() {
                 Ok((stream, _)) => {
                     let id = self.next_conn;
-                    self.next_conn += 1;
+                    self.next_conn = (self.next_conn + 1) % (HTTP_BASE - CONN_BASE);
                     if stream.set_nonblocking(true).is_ok()
                         && self
                             .poll
