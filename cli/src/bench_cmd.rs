@@ -19,8 +19,8 @@
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -29,10 +29,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use dataplane::config::Protocol;
 use dataplane::engine::{AppOutcome, PortId, WanOutcome};
 use dataplane::io::netns::in_netns;
-use dataplane::io::{ControlRequest, IoError, query_control};
 use dataplane::sim::{TenantSpec, Topology, World, ip_packet};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use serde::Serialize;
+
+use crate::netns_world::{NetnsWorld, interrupted, os};
 
 /// Arguments of `corridor bench`.
 #[derive(Debug, clap::Args)]
@@ -590,64 +591,6 @@ const INNER_B: &str = "10.79.0.2";
 const WG_PORT: u16 = 51820;
 const TCP_PORT: u16 = 5201;
 
-/// Everything the tunnel measurement created, removed on drop (also after Ctrl-C or an error).
-struct TunnelLab {
-    namespaces: Vec<&'static str>,
-    gateways: Vec<Child>,
-    dir: PathBuf,
-}
-
-impl Drop for TunnelLab {
-    fn drop(&mut self) {
-        for child in &mut self.gateways {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
-        for child in &mut self.gateways {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running `ip` (install iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn os(what: &'static str) -> impl Fn(std::io::Error) -> IoError {
-    move |source| IoError::Os { what, source }
-}
-
-fn interrupted(stop: &AtomicBool) -> Result<()> {
-    if stop.load(Ordering::SeqCst) {
-        bail!("interrupted: the namespaces and gateways were removed");
-    }
-    Ok(())
-}
-
 /// The policy of the tunnel measurement: one tenant, an app in each namespace, TCP and ICMP
 /// allowed from A to B (replies pass by connection tracking). Enforcement stays on.
 fn write_tunnel_policy(dir: &Path) -> Result<()> {
@@ -702,68 +645,18 @@ fn measure_tunnel(seconds: f64) -> Result<TunnelResult> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
-    let exe = std::env::current_exe().context("finding the corridor binary")?;
-    let dir = std::env::temp_dir().join(format!("corridor-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut lab = TunnelLab {
-        namespaces: Vec::new(),
-        gateways: Vec::new(),
-        dir: dir.clone(),
-    };
+    let mut lab = NetnsWorld::new("bench")?;
+    let dir = lab.dir.clone();
     eprintln!("bench: tunnel: namespaces {NS_A} and {NS_B}, veth {WAN_A} <-> {WAN_B}");
     for ns in [NS_A, NS_B] {
-        if Path::new("/var/run/netns").join(ns).exists() {
-            bail!(
-                "network namespace {ns} exists already: another bench running, or left over? remove it with `ip netns del {ns}`"
-            );
-        }
-        ip(&["netns", "add", ns])?;
-        lab.namespaces.push(ns);
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        lab.add_ns(ns)?;
     }
-    ip(&[
-        "link", "add", "wan0", "netns", NS_A, "type", "veth", "peer", "name", "wan0", "netns", NS_B,
-    ])?;
-    for (ns, addr) in [(NS_A, WAN_A), (NS_B, WAN_B)] {
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "wan0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "wan0", "up"])?;
-    }
+    lab.wan((NS_A, WAN_A), (NS_B, WAN_B))?;
     write_tunnel_policy(&dir)?;
     for (gw, ns) in [("gw-b", NS_B), ("gw-a", NS_A)] {
-        let log = std::fs::File::create(dir.join(format!("{gw}.log")))?;
-        // `ip netns exec` enters the namespace and execs the gateway: the child's PID is the
-        // gateway's, whose CPU time is read from /proc.
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&exe)
-            .args(["gateway", "run", "--config"])
-            .arg(dir.join(format!("{gw}.toml")))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting a gateway")?;
-        lab.gateways.push(child);
+        let config = dir.join(format!("{gw}.toml"));
         let socket = dir.join(format!("{gw}.sock"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while query_control(&socket, ControlRequest::Status).is_err() {
-            interrupted(&stop)?;
-            if Instant::now() > deadline {
-                let log =
-                    std::fs::read_to_string(dir.join(format!("{gw}.log"))).unwrap_or_default();
-                bail!("gateway {gw} did not start:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        lab.start_gateway(gw, ns, &config, &socket, &stop)?;
         eprintln!("bench: tunnel: gateway {gw} running in {ns}");
     }
     let server: SocketAddr = format!("{INNER_B}:{TCP_PORT}").parse()?;
@@ -812,7 +705,7 @@ fn measure_tunnel(seconds: f64) -> Result<TunnelResult> {
                 }
             }
         });
-        let cpu = |lab: &TunnelLab| -> u64 {
+        let cpu = |lab: &NetnsWorld| -> u64 {
             lab.gateways.iter().map(|g| process_cpu_ticks(g.id())).sum()
         };
         let measured = (|| -> Result<TunnelResult> {

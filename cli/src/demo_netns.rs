@@ -9,85 +9,23 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use controlplane::policy::{EndpointKind, Policy};
 use dataplane::engine::DropReason;
 use dataplane::io::netns::in_netns;
-use dataplane::io::{ControlRequest, IoError, StatusReport, query_control};
+use dataplane::io::{ControlRequest, StatusReport, query_control};
+
+use crate::netns_world::{NetnsWorld, interrupted, ip, os};
 
 const EDGE_NS: &str = "corridor-demo-edge";
 const DC_NS: &str = "corridor-demo-dc";
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Everything the demo created, removed on drop.
-struct World {
-    namespaces: Vec<String>,
-    gateways: Vec<Child>,
-    dir: PathBuf,
-}
-
-impl World {
-    fn add_ns(&mut self, name: &str) -> Result<()> {
-        if Path::new("/var/run/netns").join(name).exists() {
-            bail!(
-                "network namespace {name} exists already: another demo running, or yours? remove it with `ip netns del {name}`"
-            );
-        }
-        ip(&["netns", "add", name])?;
-        self.namespaces.push(name.to_owned());
-        ip(&["-n", name, "link", "set", "lo", "up"])
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for child in &mut self.gateways {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
-        for child in &mut self.gateways {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running `ip` (install iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn os(what: &'static str) -> impl Fn(std::io::Error) -> IoError {
-    move |source| IoError::Os { what, source }
-}
 
 fn status(socket: &Path) -> Result<StatusReport> {
     let answer = query_control(socket, ControlRequest::Status)?;
@@ -208,14 +146,8 @@ pub(crate) fn run(policy_dir: &Path, keys: &Path) -> Result<ExitCode> {
         .gateway("dc-1")
         .and_then(|g| g.endpoint)
         .context("the demo needs gateway dc-1 with an endpoint in gateways.toml")?;
-    let exe = std::env::current_exe().context("finding the corridor binary")?;
-    let dir = std::env::temp_dir().join(format!("corridor-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut world = World {
-        namespaces: Vec::new(),
-        gateways: Vec::new(),
-        dir: dir.clone(),
-    };
+    let mut world = NetnsWorld::new("demo")?;
+    let dir = world.dir.clone();
 
     println!("corridor demo: building a world of network namespaces on this machine");
     world.add_ns(EDGE_NS)?;
@@ -272,31 +204,7 @@ pub(crate) fn run(policy_dir: &Path, keys: &Path) -> Result<ExitCode> {
                 abs(policy_dir).display()
             ),
         )?;
-        let log = std::fs::File::create(dir.join(format!("{gw}.log")))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&exe)
-            .args(["gateway", "run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting a gateway")?;
-        world.gateways.push(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while status(&socket).is_err() {
-            if stop.load(Ordering::SeqCst) {
-                bail!("interrupted: the namespaces and gateways were removed");
-            }
-            if Instant::now() > deadline {
-                let log =
-                    std::fs::read_to_string(dir.join(format!("{gw}.log"))).unwrap_or_default();
-                bail!("gateway {gw} did not start:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        world.start_gateway(gw, ns, &config, &socket, &stop)?;
         println!("  gateway {gw} running in {ns}");
         sockets.push(socket);
     }
@@ -344,9 +252,7 @@ pub(crate) fn run(policy_dir: &Path, keys: &Path) -> Result<ExitCode> {
         ),
     );
 
-    if stop.load(Ordering::SeqCst) {
-        bail!("interrupted: the namespaces and gateways were removed");
-    }
+    interrupted(&stop)?;
     println!("\nAnd nothing else:");
     let before = tenant_drops(edge_sock, "acme", DropReason::PolicyDenied);
     let arrived = udp_arrives(
@@ -397,9 +303,7 @@ pub(crate) fn run(policy_dir: &Path, keys: &Path) -> Result<ExitCode> {
         &format!("dropped at dc-1 (acme policy_denied {before} -> {after})"),
     );
 
-    if stop.load(Ordering::SeqCst) {
-        bail!("interrupted: the namespaces and gateways were removed");
-    }
+    interrupted(&stop)?;
     println!("\ncorridor status of each gateway:");
     for socket in [edge_sock, dc_sock] {
         let report = status(socket)?;

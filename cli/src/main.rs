@@ -6,6 +6,8 @@ mod demo;
 mod demo_netns;
 mod gateway_cmd;
 mod keys_cmd;
+#[cfg(target_os = "linux")]
+mod netns_world;
 mod policy_cmd;
 mod status_cmd;
 
