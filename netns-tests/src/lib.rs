@@ -486,50 +486,7 @@ pub fn tcp_transfer(
     len: usize,
     timeout: Duration,
 ) -> Result<(), String> {
-    let data = payload(len, len as u64);
-    let want = digest(&data);
-    let listener = in_ns(server_ns, || TcpListener::bind(server))
-        .map_err(|e| format!("bind {server} in {server_ns}: {e}"))?;
-    std::thread::scope(|s| {
-        let server_side = s.spawn(move || -> Result<u64, String> {
-            listener.set_nonblocking(false).map_err(|e| e.to_string())?;
-            let (mut conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-            conn.set_read_timeout(Some(timeout))
-                .map_err(|e| e.to_string())?;
-            let mut got = Vec::with_capacity(len);
-            conn.read_to_end(&mut got)
-                .map_err(|e| format!("server read after {} bytes: {e}", got.len()))?;
-            if got.len() != len {
-                return Err(format!("server got {} of {len} bytes", got.len()));
-            }
-            Ok(digest(&got))
-        });
-        let client = in_ns(client_ns, || TcpStream::connect_timeout(&server, timeout))
-            .map_err(|e| format!("connect to {server} from {client_ns}: {e}"));
-        let sent = client.and_then(|mut c| {
-            c.set_write_timeout(Some(timeout))
-                .map_err(|e| e.to_string())?;
-            c.write_all(&data)
-                .map_err(|e| format!("client write: {e}"))?;
-            c.shutdown(std::net::Shutdown::Write)
-                .map_err(|e| e.to_string())
-        });
-        if let Err(e) = sent {
-            // Unblock the server so the scope can end: from its own namespace, since the
-            // client's may not reach it at all.
-            let _ = in_ns(server_ns, || {
-                TcpStream::connect_timeout(&server, Duration::from_millis(200))
-            });
-            let _ = server_side.join();
-            return Err(e);
-        }
-        match server_side.join() {
-            Ok(Ok(got)) if got == want => Ok(()),
-            Ok(Ok(_)) => Err("the bytes arrived changed".to_owned()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err("the server thread panicked".to_owned()),
-        }
-    })
+    tcp_transfer_configured(client_ns, server_ns, server, len, timeout, |_| Ok(()))
 }
 
 /// Sends `count` UDP datagrams from `client_ns` to `server` in `server_ns` and returns how many
