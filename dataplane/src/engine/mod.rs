@@ -422,10 +422,10 @@ impl Engine {
         if plans.len() > usize::from(u16::MAX) {
             return Err(ConfigError::TooMany("tenants"));
         }
-        let mut seen: HashMap<&str, &str> = HashMap::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let mut seen_keys: HashMap<[u8; 32], &str> = HashMap::new();
         for t in &config.tenants {
-            if seen.insert(&t.name, &t.name).is_some() {
+            if !seen.insert(&t.name) {
                 return Err(ConfigError::DuplicateTenant(t.name.clone()));
             }
             if let Some(other) = seen_keys.insert(*t.private_key.as_bytes(), &t.name) {

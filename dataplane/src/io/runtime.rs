@@ -818,9 +818,10 @@ impl Runtime {
                     }
                 }
             }
+            // Each batch leaves before the next is read (its writes coalesce together); the
+            // event loop flushes once more after all events.
             self.flush();
         }
-        self.flush();
     }
 
     /// Sends what the engine queued, the pending GSO batch, and the pending interface writes.
