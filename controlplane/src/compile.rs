@@ -26,7 +26,7 @@ pub struct GatewayPlan {
 }
 
 /// The interface (TUN device) of one local endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InterfacePlan {
     /// The tenant.
     pub tenant: String,
@@ -317,4 +317,66 @@ fn peer_index<'a>(
     keys.push(key);
     peers.push(peer);
     peers.len() - 1
+}
+
+// ---- CONTRACT (skeleton by the lead; implementer: helper B). Keep names and signatures. ----
+// `GatewayPlan`/`InterfacePlan` and the dataplane config types they hold get serde derives;
+// `compile_gateway` becomes `compile_public(.., Unkeyed::Error, no psk)?.with_keys(..)`.
+
+/// A gateway's plan without its private keys: what a bundle carries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PublicPlan {
+    /// Per served tenant, in policy order.
+    pub tenants: Vec<PublicTenant>,
+    /// One interface per local endpoint, in engine order.
+    pub interfaces: Vec<InterfacePlan>,
+}
+
+/// One tenant of a [`PublicPlan`]: a [`dataplane::config::TenantConfig`] without the private key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PublicTenant {
+    /// The tenant.
+    pub name: String,
+    /// The gateway's own public key for this tenant as registered (the private key on the
+    /// gateway must match it); `None` when the gateway has registered none yet.
+    pub own_key: Option<[u8; 32]>,
+    /// As in `TenantConfig`.
+    pub endpoints: Vec<EndpointConfig>,
+    /// As in `TenantConfig` (with preshared keys where the controller hands them out).
+    pub peers: Vec<PeerConfig>,
+    /// As in `TenantConfig`.
+    pub rules: Vec<RuleConfig>,
+    /// As in `TenantConfig`.
+    pub conntrack_limit: usize,
+}
+
+/// What to do about a remote gateway that has no public key for a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unkeyed {
+    /// Standalone: an error (`CompileError::MissingPublicKey`).
+    Error,
+    /// Controller: leave that gateway out (not enrolled yet, or revoked), with its endpoints and
+    /// the rules that name them.
+    Skip,
+}
+
+/// Compiles `gateway`'s plan with public keys only. `psk(tenant, peer_gateway)` gives the
+/// preshared key of a corridor-to-corridor pair (stock WireGuard peers get none).
+pub fn compile_public(
+    policy: &Policy,
+    gateway: &str,
+    unkeyed: Unkeyed,
+    psk: &dyn Fn(&str, &str) -> Option<dataplane::SecretKey>,
+) -> Result<PublicPlan, CompileError> {
+    let _ = (policy, gateway, unkeyed, psk);
+    unimplemented!()
+}
+
+impl PublicPlan {
+    /// Adds this gateway's private keys: each must match `own_key` (`KeyMismatch`), a tenant
+    /// without one is `MissingKey`.
+    pub fn with_keys(&self, gateway: &str, keys: &TenantKeys) -> Result<GatewayPlan, CompileError> {
+        let _ = (gateway, keys);
+        unimplemented!()
+    }
 }

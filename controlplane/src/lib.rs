@@ -1,11 +1,16 @@
 //! corridor's control plane: policy files (parse, validate), compilation of one gateway's engine
 //! configuration, and gateway key files.
 
+pub mod bundle;
 pub mod compile;
+pub mod controller;
 pub mod diag;
 pub mod gateway_config;
+pub mod identity;
 pub mod keys;
 pub mod policy;
+pub mod store;
+pub mod token;
 
 pub use compile::{CompileError, GatewayPlan, InterfacePlan, compile_gateway};
 pub use diag::{Diagnostic, Position, Severity};

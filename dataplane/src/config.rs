@@ -39,7 +39,7 @@ pub struct TenantConfig {
 pub const DEFAULT_CONNTRACK_LIMIT: usize = 16_384;
 
 /// An endpoint: an app on this gateway (local), or something behind a peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EndpointConfig {
     /// The endpoint's name, unique within the tenant.
     pub name: String,
@@ -51,7 +51,7 @@ pub struct EndpointConfig {
 }
 
 /// Where an endpoint lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Location {
     /// On this gateway: it gets an interface (a port) of its own.
     Local,
@@ -60,7 +60,7 @@ pub enum Location {
 }
 
 /// A WireGuard peer of one tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerConfig {
     /// A name for status and logs (the remote gateway, or the stock peer's endpoint name).
     pub name: String,
@@ -77,7 +77,7 @@ pub struct PeerConfig {
 }
 
 /// One allowed flow between two endpoints of the tenant (indices into `endpoints`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleConfig {
     /// The endpoint that may open the flow.
     pub from: usize,
@@ -115,7 +115,7 @@ impl fmt::Display for Protocol {
 }
 
 /// An inclusive port range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortRange {
     /// First port.
     pub start: u16,
@@ -226,5 +226,19 @@ mod tests {
         assert_eq!(b[0] & 7, 0);
         assert_eq!(b[31] & 0x80, 0);
         assert_eq!(b[31] & 0x40, 0x40);
+    }
+}
+
+/// Serialized as the base64 text of key files (inside sealed bundles only: never logged).
+impl serde::Serialize for SecretKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        SecretKey::from_base64(&text).map_err(serde::de::Error::custom)
     }
 }

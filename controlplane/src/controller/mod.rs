@@ -1,0 +1,3 @@
+//! The controller: HTTP API over TLS, bundle building and distribution.
+
+pub mod api;
