@@ -130,10 +130,11 @@ fn run_gateway(config_path: &Path) -> Result<ExitCode> {
             .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
         "gateway running"
     );
-    runtime.run(&mut || {
-        tracing::info!(policy = %policy_dir.display(), "SIGHUP: reloading the policy");
+    let mut reload = || {
+        tracing::info!(policy = %policy_dir.display(), "reloading the policy");
         load_plan(&config, &policy_dir).map_err(|e| format!("{e:#}"))
-    })?;
+    };
+    runtime.run(&mut reload)?;
     drop(runtime);
     tracing::info!("stopped; interfaces removed");
     Ok(ExitCode::SUCCESS)

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 pub use control::{ControlRequest, query as query_control};
 pub use runtime::{
-    GatewayPlan, InterfaceState, InterfaceStatus, IoCounters, MissingNetns, Runtime, RuntimeConfig,
-    StatusReport,
+    ControllerStatus, GatewayPlan, InterfaceState, InterfaceStatus, IoCounters, MissingNetns,
+    PlanSource, Runtime, RuntimeConfig, StatusReport,
 };
 pub use summary::SUMMARY_EVERY;
 pub use tun::{DEFAULT_IFNAME, DEFAULT_MTU, InterfaceSpec};

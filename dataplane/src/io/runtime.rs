@@ -45,6 +45,54 @@ const TUN_BASE: usize = 1 << 20;
 // 1 << 26 ids, metrics clients through 1 << 20 above HTTP_BASE.
 const CONN_BASE: usize = 1 << 26;
 const HTTP_BASE: usize = 1 << 27;
+const WAKE: Token = Token(4);
+
+/// Where the running gateway's plans come from: the policy directory (standalone, re-read on
+/// SIGHUP) or the controller agent (bundles arrive on another thread, which wakes the loop
+/// through [`Runtime::waker`]). The loop asks for a plan on SIGHUP and on each wakeup, and
+/// reports whether the engine took it, so that the source keeps only what was applied.
+pub trait PlanSource {
+    /// A new plan to apply, if there is one. `hup`: asked because of SIGHUP (standalone
+    /// sources re-read their files; others may re-apply what they have).
+    fn next_plan(&mut self, hup: bool) -> Option<Result<GatewayPlan, String>>;
+    /// What became of the last plan `next_plan` gave: applied, or refused and why.
+    fn applied(&mut self, outcome: Result<(), String>);
+    /// The controller's part of `corridor status`, if plans come from a controller.
+    fn controller_status(&self) -> Option<ControllerStatus> {
+        None
+    }
+}
+
+/// A [`PlanSource`] from a closure called on SIGHUP (standalone mode).
+impl<F: FnMut() -> Result<GatewayPlan, String>> PlanSource for F {
+    fn next_plan(&mut self, hup: bool) -> Option<Result<GatewayPlan, String>> {
+        hup.then(self)
+    }
+    fn applied(&mut self, _outcome: Result<(), String>) {}
+}
+
+/// The control channel as `corridor status` shows it (filled by the controller agent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ControllerStatus {
+    /// The controller URL of the last successful contact.
+    pub url: Option<String>,
+    /// Whether the agent is connected (its last request succeeded).
+    pub connected: bool,
+    /// Seconds since the last successful contact.
+    pub last_contact_secs: Option<u64>,
+    /// Version of the bundle applied.
+    pub bundle_version: Option<u64>,
+    /// Bundles applied (from the controller, or from disk at start).
+    pub bundles_applied: u64,
+    /// Bundles refused, per reason (`bad_signature`, `wrong_signer`, `replay`, `unsealable`,
+    /// `malformed`, `wrong_gateway`, `apply_failed`).
+    pub bundles_refused: std::collections::BTreeMap<String, u64>,
+    /// Key rotations carried out.
+    pub rotations: u64,
+    /// The last error (contacting the controller, or a refused bundle).
+    pub last_error: Option<String>,
+}
 
 /// What to do at start (and on reload) about an app whose namespace does not exist.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -170,6 +218,9 @@ pub struct StatusReport {
     /// Configurations applied: the one at start, then each accepted reload.
     #[serde(default)]
     pub configs_applied: u64,
+    /// The control channel, when the gateway is run by a controller.
+    #[serde(default)]
+    pub controller: Option<ControllerStatus>,
 }
 
 struct Iface {
@@ -191,6 +242,8 @@ pub struct Runtime {
     conns: HashMap<usize, (UnixStream, Vec<u8>)>,
     next_conn: usize,
     signals: Signals,
+    waker: std::sync::Arc<mio::Waker>,
+    controller: Option<ControllerStatus>,
     obuf: Vec<u8>,
     fast: FastBuffers,
     io: IoCounters,
@@ -243,6 +296,9 @@ impl Runtime {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(os("registering signals"))?;
+        let waker = std::sync::Arc::new(
+            mio::Waker::new(poll.registry(), WAKE).map_err(os("creating the loop's waker"))?,
+        );
         let control = match &cfg.control_socket {
             Some(path) => {
                 let l = control::bind(path)?;
@@ -282,6 +338,8 @@ impl Runtime {
             conns: HashMap::new(),
             next_conn: 0,
             signals,
+            waker,
+            controller: None,
             obuf: vec![0; MAX_PACKET + OVERHEAD],
             fast: FastBuffers::new(),
             io: IoCounters::default(),
@@ -318,6 +376,11 @@ impl Runtime {
     /// The metrics listener's address, if metrics are served.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(metrics::Server::local_addr)
+    }
+
+    /// Wakes the event loop from another thread: it then asks its [`PlanSource`] for a plan.
+    pub fn waker(&self) -> std::sync::Arc<mio::Waker> {
+        self.waker.clone()
     }
 
     /// The status report.
@@ -359,16 +422,16 @@ impl Runtime {
             reload_failures: self.reload_failures,
             last_reload_error: self.last_reload_error.clone(),
             configs_applied: self.configs_applied,
+            controller: self.controller.clone(),
         }
     }
 
-    /// Runs until SIGTERM or SIGINT. On SIGHUP, `reload` produces the new plan; an error (or a
-    /// plan the engine refuses) is logged and the running configuration stays.
-    pub fn run(
-        &mut self,
-        reload: &mut dyn FnMut() -> Result<GatewayPlan, String>,
-    ) -> Result<(), IoError> {
+    /// Runs until SIGTERM or SIGINT. On SIGHUP and on each wakeup, `source` may give a new
+    /// plan; an error (or a plan the engine refuses) is logged and the running configuration
+    /// stays.
+    pub fn run(&mut self, source: &mut dyn PlanSource) -> Result<(), IoError> {
         let mut events = Events::with_capacity(256);
+        self.controller = source.controller_status();
         loop {
             let now = Instant::now();
             let wake = self
@@ -389,7 +452,7 @@ impl Runtime {
                         let signals: Vec<i32> = self.signals.pending().collect();
                         for signal in signals {
                             if signal == SIGHUP {
-                                self.reload(reload);
+                                self.reload(source, true);
                             } else {
                                 tracing::info!(signal, "stopping: removing the app interfaces");
                                 return Ok(());
@@ -397,6 +460,7 @@ impl Runtime {
                         }
                     }
                     CONTROL => self.accept(),
+                    WAKE => self.reload(source, false),
                     METRICS => {
                         if let Some(server) = self.metrics.as_mut() {
                             server.accept(self.poll.registry(), Instant::now());
@@ -418,6 +482,7 @@ impl Runtime {
             }
             if now >= self.next_housekeeping {
                 self.housekeeping(now);
+                self.controller = source.controller_status();
             }
             self.flush();
         }
@@ -536,8 +601,17 @@ impl Runtime {
         }
     }
 
-    fn reload(&mut self, reload: &mut dyn FnMut() -> Result<GatewayPlan, String>) {
-        let result = reload().and_then(|plan| self.apply(plan).map_err(|e| e.to_string()));
+    fn reload(&mut self, source: &mut dyn PlanSource, hup: bool) {
+        if hup {
+            tracing::info!("SIGHUP: reloading");
+        }
+        let Some(next) = source.next_plan(hup) else {
+            self.controller = source.controller_status();
+            return;
+        };
+        let result = next.and_then(|plan| self.apply(plan).map_err(|e| e.to_string()));
+        source.applied(result.as_ref().map(|_| ()).map_err(Clone::clone));
+        self.controller = source.controller_status();
         match result {
             Ok(report) => {
                 self.reloads += 1;
