@@ -408,6 +408,7 @@ mod tests {
             reload_failures: 1,
             last_reload_error: Some("the policy is invalid".into()),
             configs_applied: 3,
+            controller: None,
         }
     }
 
