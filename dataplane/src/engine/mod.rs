@@ -54,6 +54,17 @@ pub const OVERHEAD: usize = 32;
 pub const MAX_QUEUED: usize = 256;
 /// Largest inner packet (IP's own limit).
 pub const MAX_PACKET: usize = 65_535;
+/// How long a retiring session (see [`ApplyReport::sessions_retiring`]) still decrypts after
+/// its replacement completed a handshake, if no data has arrived on the replacement: packets
+/// the peer sent on the old session just before it switched may still be on the way.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(10);
+/// Hard end of a retiring session, counted from the apply that retired it: long enough for
+/// the other gateway of the pair to apply the same rotation and for boringtun to retry the
+/// handshake (every 5 s), short enough that an old key is not trusted for long.
+pub const RETIRE_DEADLINE: Duration = Duration::from_secs(90);
+/// WireGuard's REJECT-AFTER-TIME: a session older than this is never used (a retiring session
+/// is never rekeyed, so it simply ends then).
+const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 
 /// Identifies an app's interface ("port"): stable across [`Engine::apply`] for the same
 /// (tenant, endpoint), so the I/O layer can keep its file descriptors.
@@ -200,6 +211,15 @@ pub struct ApplyReport {
     pub sessions_new: usize,
     /// Sessions ended.
     pub sessions_dropped: usize,
+    /// Sessions kept alive as *retiring* because the key material of their peer slot changed
+    /// (the tenant's private key, or the peer's public or preshared key, same tenant and peer
+    /// name): make-before-break. The two gateways of a pair apply a rotation seconds apart and
+    /// no handshake can complete until both have, so the old session keeps decrypting (and
+    /// encrypting, until the new one is up) for that slot only, and ends once the new session
+    /// has carried data, [`RETIRE_GRACE`] after its handshake, or [`RETIRE_DEADLINE`] after
+    /// the apply. A retiring session never answers or starts a handshake. Peers removed from
+    /// the config are never retired: revocation cuts off at once.
+    pub sessions_retiring: usize,
     /// Ports that appeared: (port, tenant, endpoint).
     pub ports_added: Vec<(PortId, String, String)>,
     /// Ports that went away.
@@ -258,6 +278,58 @@ struct Peer {
     counters: Counters,
     /// Packets in boringtun's queue, waiting for the handshake.
     queued: usize,
+    /// The session this peer slot had before its key material changed, still accepted for a
+    /// while (see [`ApplyReport::sessions_retiring`]). At most one per slot.
+    retiring: Option<Box<Retiring>>,
+}
+
+/// A peer slot's previous session after a key rotation: same tenant, same peer slot, its own
+/// receiver index. Only data packets reach it; it never handshakes.
+struct Retiring {
+    tunn: Box<Tunn>,
+    index: u32,
+    /// [`RETIRE_DEADLINE`] after the apply that retired it.
+    deadline: Instant,
+    /// When the replacement session was first seen established.
+    new_session_at: Option<Instant>,
+    /// The replacement session has decrypted a data packet (or keepalive): the peer has
+    /// switched, so the old session can go.
+    new_rx: bool,
+}
+
+impl Retiring {
+    /// Whether it still has a session fit to encrypt with.
+    fn usable(&self) -> bool {
+        self.tunn
+            .time_since_last_handshake()
+            .is_some_and(|age| age < REJECT_AFTER_TIME)
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.new_rx || now >= self.next_deadline() || !self.usable()
+    }
+
+    fn next_deadline(&self) -> Instant {
+        match self.new_session_at {
+            Some(t) => self.deadline.min(t + RETIRE_GRACE),
+            None => self.deadline,
+        }
+    }
+}
+
+/// Where a receiver index leads: a peer slot of a tenant, and whether to its retiring session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    tenant: u16,
+    peer: u16,
+    retiring: bool,
+}
+
+impl Peer {
+    /// Sessions this peer slot holds: its own and a retiring one.
+    fn sessions(&self) -> usize {
+        1 + usize::from(self.retiring.is_some())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,11 +365,13 @@ pub struct Engine {
     ports: Vec<Option<(u16, EndpointIdx)>>,
     port_names: HashMap<(String, String), PortId>,
     next_port: u32,
-    /// Receiver index >> 8 → (tenant, peer).
-    sessions: HashMap<u32, (u16, u16)>,
+    /// Receiver index >> 8 → (tenant, peer, retiring).
+    sessions: HashMap<u32, Slot>,
     pending: VecDeque<(SocketAddr, Vec<u8>)>,
     unattributed: Drops,
     next_tick: Option<Instant>,
+    /// Earliest moment a retiring session may have to end.
+    next_retire: Option<Instant>,
     next_sweep: Option<Instant>,
     scratch: Vec<u8>,
 }
@@ -374,6 +448,7 @@ impl Engine {
             pending: VecDeque::new(),
             unattributed: Drops::default(),
             next_tick: None,
+            next_retire: None,
             next_sweep: None,
             scratch: vec![0; MAX_PACKET + OVERHEAD],
         }
@@ -407,7 +482,9 @@ impl Engine {
     /// Replaces the configuration, atomically: either all of it applies or none. Sessions whose
     /// tenant key, peer key, preshared key and keepalive are unchanged survive with their
     /// counters and learned endpoint; tracked connections survive where the new policy still
-    /// allows them.
+    /// allows them. A peer (same tenant, same peer name) whose key material changed gets a new
+    /// session, and its old one *retires* rather than ends, so a key rotation loses no traffic
+    /// (see [`ApplyReport::sessions_retiring`]); a peer or tenant that is gone ends at once.
     pub fn apply(
         &mut self,
         config: &EngineConfig,
@@ -444,7 +521,7 @@ impl Engine {
         let mut new_tenants = Vec::with_capacity(plans.len());
         let mut new_port_names = HashMap::new();
         let mut new_ports: Vec<Option<(u16, EndpointIdx)>> = Vec::new();
-        let mut used_indices: HashMap<u32, (u16, u16)> = HashMap::new();
+        let mut used_indices: HashMap<u32, Slot> = HashMap::new();
 
         for (ti, (plan, cfg)) in plans.into_iter().zip(&config.tenants).enumerate() {
             let ti = ti as u16;
@@ -455,40 +532,66 @@ impl Engine {
             let secret = StaticSecret::from(*cfg.private_key.as_bytes());
             let public = PublicKey::from(&secret);
 
-            let (rate_limiter, counters, mut conntrack, mut old_peers) = match prev.take() {
-                Some(p) if same_key => (
-                    p.rate_limiter,
+            // A new tenant key is a new identity (new rate limiter and mac1), but the same
+            // tenant: its counters and tracked connections carry over, and its peers' sessions
+            // retire rather than end (make-before-break).
+            let (rate_limiter, counters, mut conntrack, old_peers) = match prev.take() {
+                Some(p) => (
+                    if same_key {
+                        p.rate_limiter
+                    } else {
+                        Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT))
+                    },
                     p.counters,
                     p.conntrack,
-                    p.peers
-                        .into_iter()
-                        .map(|peer| (peer.public_key, peer))
-                        .collect::<HashMap<_, _>>(),
+                    p.peers,
                 ),
-                Some(p) => {
-                    report.sessions_dropped += p.peers.len();
-                    (
-                        Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
-                        p.counters,
-                        Conntrack::new(cfg.conntrack_limit),
-                        HashMap::new(),
-                    )
-                }
                 None => (
                     Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
                     Counters::default(),
                     Conntrack::new(cfg.conntrack_limit),
-                    HashMap::new(),
+                    Vec::new(),
                 ),
             };
             conntrack.set_limit(cfg.conntrack_limit);
 
+            let mut old_peers: Vec<Option<Peer>> = old_peers.into_iter().map(Some).collect();
+            let by_name: HashMap<String, usize> = old_peers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((p.as_ref()?.name.clone(), i)))
+                .collect();
+            let by_key: HashMap<[u8; 32], usize> = old_peers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((p.as_ref()?.public_key, i)))
+                .collect();
+            // First every session that survives untouched (matched by key, as a rename keeps
+            // the session), then the rotated ones (matched by name).
+            let mut kept: Vec<Option<Peer>> = cfg
+                .peers
+                .iter()
+                .map(|pc| {
+                    if !same_key {
+                        return None;
+                    }
+                    let slot = old_peers.get_mut(*by_key.get(&pc.public_key)?)?;
+                    let unchanged = slot.as_ref().is_some_and(|p| {
+                        p.preshared_key == pc.preshared_key
+                            && p.keepalive == pc.persistent_keepalive
+                    });
+                    if unchanged { slot.take() } else { None }
+                })
+                .collect();
+
             let mut peers = Vec::with_capacity(cfg.peers.len());
             for (pi, pc) in cfg.peers.iter().enumerate() {
-                let reuse = old_peers.remove(&pc.public_key).filter(|p| {
-                    p.preshared_key == pc.preshared_key && p.keepalive == pc.persistent_keepalive
-                });
-                let peer = match reuse {
+                let slot = |retiring| Slot {
+                    tenant: ti,
+                    peer: pi as u16,
+                    retiring,
+                };
+                let peer = match kept.get_mut(pi).and_then(Option::take) {
                     Some(mut p) => {
                         report.sessions_kept += 1;
                         p.name.clone_from(&pc.name);
@@ -510,9 +613,30 @@ impl Engine {
                             index,
                             None,
                         ));
-                        // A peer we must keep a NAT mapping to: say hello now rather than at
-                        // the first keepalive.
-                        if let (Some(to), Some(_)) = (pc.endpoint, pc.persistent_keepalive)
+                        // Same peer name, new key material: the old session retires.
+                        let rotated = by_name
+                            .get(&pc.name)
+                            .and_then(|&i| old_peers.get_mut(i)?.take());
+                        let mut endpoint = pc.endpoint;
+                        let mut counters = Counters::default();
+                        let mut retiring = None;
+                        // A rotated peer, or one we must keep a NAT mapping to: say hello now
+                        // rather than at the first packet or keepalive.
+                        let hello = match rotated {
+                            Some(old) => {
+                                if old.configured_endpoint == pc.endpoint {
+                                    endpoint = old.endpoint;
+                                } else {
+                                    endpoint = pc.endpoint.or(old.endpoint);
+                                }
+                                counters = old.counters;
+                                retiring = retire(old, now, &mut report);
+                                true
+                            }
+                            None => pc.persistent_keepalive.is_some(),
+                        };
+                        if hello
+                            && let Some(to) = endpoint
                             && let TunnResult::WriteToNetwork(init) =
                                 tunn.format_handshake_initiation(&mut self.scratch, false)
                         {
@@ -525,18 +649,30 @@ impl Engine {
                             keepalive: pc.persistent_keepalive,
                             roaming: pc.roaming,
                             configured_endpoint: pc.endpoint,
-                            endpoint: pc.endpoint,
+                            endpoint,
                             tunn,
                             index,
-                            counters: Counters::default(),
+                            counters,
                             queued: 0,
+                            retiring,
                         }
                     }
                 };
-                used_indices.insert(peer.index, (ti, pi as u16));
+                used_indices.insert(peer.index, slot(false));
+                if let Some(r) = &peer.retiring {
+                    used_indices.insert(r.index, slot(true));
+                    self.next_retire = Some(
+                        self.next_retire
+                            .map_or(r.next_deadline(), |t| t.min(r.next_deadline())),
+                    );
+                }
                 peers.push(peer);
             }
-            report.sessions_dropped += old_peers.len();
+            report.sessions_dropped += old_peers
+                .iter()
+                .flatten()
+                .map(Peer::sessions)
+                .sum::<usize>();
 
             let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
             for (ei, ec) in cfg.endpoints.iter().enumerate() {
@@ -597,7 +733,7 @@ impl Engine {
             });
         }
         for t in old.values() {
-            report.sessions_dropped += t.peers.len();
+            report.sessions_dropped += t.peers.iter().map(Peer::sessions).sum::<usize>();
         }
         for (key, id) in old_ports {
             if !new_port_names.contains_key(&key) {
@@ -616,6 +752,7 @@ impl Engine {
             kept = report.sessions_kept,
             new = report.sessions_new,
             dropped = report.sessions_dropped,
+            retiring = report.sessions_retiring,
             "configuration applied"
         );
         Ok(report)
@@ -638,7 +775,14 @@ impl Engine {
             self.unattributed.count(DropReason::UnknownPort);
             return AppOutcome::Drop(DropReason::UnknownPort);
         };
-        match tenant.outbound(from_ep, packet, now, out) {
+        match tenant.outbound(
+            from_ep,
+            packet,
+            now,
+            out,
+            &mut self.scratch,
+            &mut self.pending,
+        ) {
             Ok(outcome) => outcome,
             Err((reason, peer)) => {
                 tenant.counters.drops.count(reason);
@@ -670,7 +814,7 @@ impl Engine {
                 return WanOutcome::Drop(DropReason::MalformedDatagram);
             }
         };
-        let (ti, pi) = match parsed {
+        let (ti, pi, retiring) = match parsed {
             Packet::HandshakeInit(ref init) => {
                 // The initiation names no index: find the identity it is meant for by mac1,
                 // cheaply, before any Diffie-Hellman is spent.
@@ -708,24 +852,26 @@ impl Engine {
                     tenant.counters.drops.count(DropReason::UnknownPeer);
                     return WanOutcome::Drop(DropReason::UnknownPeer);
                 };
-                (ti, usize::from(pi))
+                (ti, usize::from(pi), false)
             }
+            // A retiring session takes data only: it has no handshake to answer or complete
+            // (a response or cookie for it is as good as one for an unknown index).
             Packet::HandshakeResponse(ref p) => match self.sessions.get(&(p.receiver_idx >> 8)) {
-                Some((t, p)) => (usize::from(*t), usize::from(*p)),
-                None => {
+                Some(s) if !s.retiring => (usize::from(s.tenant), usize::from(s.peer), false),
+                _ => {
                     self.unattributed.count(DropReason::UnknownIndex);
                     return WanOutcome::Drop(DropReason::UnknownIndex);
                 }
             },
             Packet::PacketCookieReply(ref p) => match self.sessions.get(&(p.receiver_idx >> 8)) {
-                Some((t, p)) => (usize::from(*t), usize::from(*p)),
-                None => {
+                Some(s) if !s.retiring => (usize::from(s.tenant), usize::from(s.peer), false),
+                _ => {
                     self.unattributed.count(DropReason::UnknownIndex);
                     return WanOutcome::Drop(DropReason::UnknownIndex);
                 }
             },
             Packet::PacketData(ref p) => match self.sessions.get(&(p.receiver_idx >> 8)) {
-                Some((t, p)) => (usize::from(*t), usize::from(*p)),
+                Some(s) => (usize::from(s.tenant), usize::from(s.peer), s.retiring),
                 None => {
                     self.unattributed.count(DropReason::UnknownIndex);
                     return WanOutcome::Drop(DropReason::UnknownIndex);
@@ -738,6 +884,7 @@ impl Engine {
         };
         let result = tenant.inbound(
             pi,
+            retiring,
             from,
             datagram,
             now,
@@ -745,6 +892,23 @@ impl Engine {
             &mut self.pending,
             &mut self.scratch,
         );
+        // A rotation in progress: note when the new session came up, and end the old one as
+        // soon as the new one has carried data (the peer has switched).
+        if !retiring
+            && let Some(peer) = tenant.peers.get_mut(pi)
+            && let Some(r) = peer.retiring.as_mut()
+        {
+            if r.new_session_at.is_none() && peer.tunn.time_since_last_handshake().is_some() {
+                r.new_session_at = Some(now);
+                let due = r.next_deadline();
+                self.next_retire = Some(self.next_retire.map_or(due, |t| t.min(due)));
+            }
+            if r.new_rx {
+                tracing::debug!(tenant = %tenant.name, peer = %peer.name, "retired session ended");
+                self.sessions.remove(&r.index);
+                peer.retiring = None;
+            }
+        }
         match result {
             Ok(outcome) => outcome,
             Err(reason) => {
@@ -775,13 +939,19 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_tick
+        match (self.next_tick, self.next_retire) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Drives timers: handshake retries, keepalives, rekeys, session expiry, rate-limiter
     /// resets and connection-tracking expiry. Output goes to [`Engine::poll_transmit`].
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_tick.is_some_and(|t| now < t) {
+            if self.next_retire.is_some_and(|t| now >= t) {
+                self.end_retiring(now);
+            }
             return;
         }
         self.next_tick = Some(now + TICK);
@@ -813,6 +983,43 @@ impl Engine {
                 }
             }
         }
+        self.end_retiring(now);
+    }
+
+    /// Ends the retiring sessions that are due, frees their receiver indices, and sets when
+    /// to look again.
+    fn end_retiring(&mut self, now: Instant) {
+        let mut next: Option<Instant> = None;
+        for tenant in &mut self.tenants {
+            for peer in &mut tenant.peers {
+                let Some(r) = peer.retiring.as_mut() else {
+                    continue;
+                };
+                if r.new_session_at.is_none() && peer.tunn.time_since_last_handshake().is_some() {
+                    r.new_session_at = Some(now);
+                }
+                if r.due(now) {
+                    tracing::debug!(tenant = %tenant.name, peer = %peer.name, "retired session ended");
+                    self.sessions.remove(&r.index);
+                    peer.retiring = None;
+                } else {
+                    let due = r.next_deadline();
+                    next = Some(next.map_or(due, |t| t.min(due)));
+                }
+            }
+        }
+        self.next_retire = next;
+    }
+
+    /// Retiring sessions (see [`ApplyReport::sessions_retiring`]): (tenant, peer) of every
+    /// peer slot that still accepts its previous session.
+    pub fn retiring(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tenants.iter().flat_map(|t| {
+            t.peers
+                .iter()
+                .filter(|p| p.retiring.is_some())
+                .map(|p| (t.name.as_str(), p.name.as_str()))
+        })
     }
 
     /// Every counter, for status and metrics.
@@ -845,12 +1052,52 @@ impl Engine {
 }
 
 /// A fresh 24-bit session index, unique on this gateway.
-fn fresh_index(taken: &HashMap<u32, (u16, u16)>, old: &HashMap<u32, (u16, u16)>) -> u32 {
+fn fresh_index(taken: &HashMap<u32, Slot>, old: &HashMap<u32, Slot>) -> u32 {
     loop {
         let i = rand_core::OsRng.next_u32() & 0x00ff_ffff;
         if !taken.contains_key(&i) && !old.contains_key(&i) {
             return i;
         }
+    }
+}
+
+/// The old peer of a slot whose key material changed: its session retires if it has one fit
+/// for use. If it has none (its own handshake never completed), the session retiring before it,
+/// if any, is still the slot's only working one and stays (with its original deadline);
+/// otherwise at most one retiring session per slot: the newest.
+fn retire(old: Peer, now: Instant, report: &mut ApplyReport) -> Option<Box<Retiring>> {
+    let Peer {
+        tunn,
+        index,
+        retiring: previous,
+        ..
+    } = old;
+    let candidate = Box::new(Retiring {
+        tunn,
+        index,
+        deadline: now + RETIRE_DEADLINE,
+        new_session_at: None,
+        new_rx: false,
+    });
+    if candidate.usable() {
+        report.sessions_retiring += 1;
+        report.sessions_dropped += usize::from(previous.is_some());
+        return Some(candidate);
+    }
+    report.sessions_dropped += 1;
+    match previous {
+        Some(mut p) if p.usable() => {
+            // It waits for the new replacement now.
+            p.new_session_at = None;
+            p.new_rx = false;
+            report.sessions_retiring += 1;
+            Some(p)
+        }
+        Some(_) => {
+            report.sessions_dropped += 1;
+            None
+        }
+        None => None,
     }
 }
 
@@ -981,6 +1228,8 @@ impl Tenant {
         packet: &[u8],
         now: Instant,
         out: &mut [u8],
+        scratch: &mut [u8],
+        pending: &mut VecDeque<(SocketAddr, Vec<u8>)>,
     ) -> Result<AppOutcome, (DropReason, Option<u16>)> {
         let flow = packet::parse(packet).map_err(|e| (parse_drop(e), None))?;
         if packet::is_link_scoped(&flow) {
@@ -1045,6 +1294,30 @@ impl Tenant {
                 let Some(to) = peer.endpoint else {
                     return Err((DropReason::PeerUnreachable, Some(pi)));
                 };
+                // Mid-rotation, until the new session is up, the retiring one carries the
+                // traffic (same peer slot); the new one must be on its way meanwhile
+                // (boringtun's timers retry it).
+                let retiring = match peer.retiring.as_mut() {
+                    Some(r) if peer.tunn.time_since_last_handshake().is_none() && r.usable() => {
+                        if let TunnResult::WriteToNetwork(init) =
+                            peer.tunn.format_handshake_initiation(scratch, false)
+                        {
+                            pending.push_back((to, init.to_vec()));
+                        }
+                        Some(&mut r.tunn)
+                    }
+                    _ => None,
+                };
+                if let Some(tunn) = retiring {
+                    let len = match tunn.encapsulate(packet, out) {
+                        TunnResult::WriteToNetwork(data) => data.len(),
+                        TunnResult::Err(e) => return Err((wg_drop(&e), Some(pi))),
+                        _ => return Err((DropReason::NoSession, Some(pi))),
+                    };
+                    self.counters.tx.add(packet.len());
+                    peer.counters.tx.add(packet.len());
+                    return Ok(AppOutcome::Send(Transmit { to, len }));
+                }
                 let result = match peer.tunn.encapsulate(packet, out) {
                     // With no session the packet was queued and `data` is an initiation.
                     TunnResult::WriteToNetwork(data) if data.first() == Some(&1) => {
@@ -1102,6 +1375,7 @@ impl Tenant {
     fn inbound(
         &mut self,
         pi: usize,
+        retiring: bool,
         from: SocketAddr,
         datagram: &[u8],
         now: Instant,
@@ -1110,7 +1384,13 @@ impl Tenant {
         scratch: &mut [u8],
     ) -> Result<WanOutcome, DropReason> {
         let peer = self.peers.get_mut(pi).ok_or(DropReason::UnknownIndex)?;
-        let result = peer.tunn.decapsulate(Some(from.ip()), datagram, out);
+        // The retiring session of this very peer slot, or its current one.
+        let tunn = if retiring {
+            &mut peer.retiring.as_mut().ok_or(DropReason::UnknownIndex)?.tunn
+        } else {
+            &mut peer.tunn
+        };
+        let result = tunn.decapsulate(Some(from.ip()), datagram, out);
         // Not every success is authenticated by the peer: a cookie reply (type 3) taken in can be
         // forged by anyone who saw our initiation, and a cookie sent out means boringtun's own
         // rate limiter answered before verifying anything (a replayed initiation does that).
@@ -1132,7 +1412,15 @@ impl Tenant {
         if authenticated && (peer.roaming || peer.endpoint.is_none()) {
             peer.endpoint = Some(from);
         }
-        if authenticated && peer.queued > 0 {
+        // Data on the new session of a rotated peer: the peer has switched to it.
+        if !retiring
+            && authenticated
+            && datagram.first() == Some(&4)
+            && let Some(r) = peer.retiring.as_mut()
+        {
+            r.new_rx = true;
+        }
+        if !retiring && authenticated && peer.queued > 0 {
             // A session is up: release what waited for it (tx is counted as it leaves).
             release_queue(peer, &mut self.counters, scratch, pending);
         }
