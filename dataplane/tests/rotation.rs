@@ -585,3 +585,103 @@ fn a_retiring_session_stays_within_its_tenant() {
     tr.rounds(&mut w, Duration::from_millis(100));
     tr.assert_none_lost();
 }
+
+#[test]
+fn in_flight_packets_on_the_old_session_decrypt_until_the_grace_ends() {
+    let mut t = topo(vec![alpha()]);
+    let (mut w, tr) = established(&t);
+    t.tenants[0].keys[EDGE] = SecretKey::generate();
+    assert_rotated(&w.apply(EDGE, &t.compile(EDGE)).unwrap());
+    w.run();
+    // Three packets the edge sent on the old session, held up on the way.
+    let held: Vec<Datagram> = (0..3u32)
+        .map(|i| {
+            let o = w.send_app(
+                EDGE,
+                tr.app,
+                &udp(
+                    "10.0.0.10",
+                    "10.1.0.1",
+                    5555,
+                    5000,
+                    &(1000 + i).to_be_bytes(),
+                ),
+            );
+            assert!(matches!(o, AppOutcome::Send(_)), "{o:?}");
+            let d = w.captured.last().unwrap().clone();
+            assert_eq!(msg_type(&d.data), 4);
+            assert_eq!(w.lose_wire(), 1);
+            d
+        })
+        .collect();
+    // The dc follows and initiates; the edge answers, takes the dc's keepalive on the new
+    // session and ends its old one. The edge sends nothing more: the dc's old one waits.
+    assert_rotated(&w.apply(DC, &t.compile(DC)).unwrap());
+    w.run();
+    assert_eq!((retiring(&w, EDGE), retiring(&w, DC)), (0, 1));
+    let deliver = |w: &mut World, d: &Datagram| {
+        let o = w.deliver_datagram(d).unwrap();
+        (o, w.take_delivered())
+    };
+    let (o, got) = deliver(&mut w, &held[0]);
+    assert!(matches!(o, WanOutcome::Deliver { .. }), "{o:?}");
+    assert_eq!(got.len(), 1);
+    w.advance(dataplane::engine::RETIRE_GRACE - Duration::from_millis(500));
+    assert_eq!(retiring(&w, DC), 1);
+    let (o, got) = deliver(&mut w, &held[1]);
+    assert!(matches!(o, WanOutcome::Deliver { .. }), "{o:?}");
+    assert_eq!(got.len(), 1);
+    w.advance(Duration::from_secs(1));
+    assert_eq!(retiring(&w, DC), 0);
+    let (o, got) = deliver(&mut w, &held[2]);
+    assert_eq!(o, WanOutcome::Drop(DropReason::UnknownIndex));
+    assert!(got.is_empty());
+}
+
+#[test]
+fn only_the_new_identity_answers_handshakes() {
+    use boringtun::noise::{Tunn, TunnResult};
+    use boringtun::x25519::{PublicKey, StaticSecret};
+
+    let mut t = topo(vec![alpha()]);
+    let (mut w, _tr) = established(&t);
+    let old_dc = w.nodes[DC].engine.public_key("alpha").unwrap();
+    t.tenants[0].keys[DC] = SecretKey::generate();
+    assert_rotated(&w.apply(DC, &t.compile(DC)).unwrap());
+    let new_dc = w.nodes[DC].engine.public_key("alpha").unwrap();
+    assert_eq!(retiring(&w, DC), 1);
+    let edge_key = StaticSecret::from(*t.tenants[0].keys[EDGE].as_bytes());
+    let mut buf = vec![0u8; 256];
+    let mut initiation = |to: [u8; 32]| {
+        let mut tunn = Tunn::new(edge_key.clone(), PublicKey::from(to), None, None, 77, None);
+        match tunn.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            _ => panic!("no initiation"),
+        }
+    };
+    let from = addr("198.51.100.7:1000");
+    let to = w.nodes[DC].addr;
+    // To the old identity: nobody is there any more (the retiring session does not answer).
+    let unknown = unattributed(&w, DC).get(DropReason::UnknownIdentity);
+    let o = w
+        .deliver_datagram(&Datagram {
+            from,
+            to,
+            data: initiation(old_dc),
+        })
+        .unwrap();
+    assert_eq!(o, WanOutcome::Drop(DropReason::UnknownIdentity));
+    assert_eq!(
+        unattributed(&w, DC).get(DropReason::UnknownIdentity),
+        unknown + 1
+    );
+    // To the new one: answered.
+    let o = w
+        .deliver_datagram(&Datagram {
+            from,
+            to,
+            data: initiation(new_dc),
+        })
+        .unwrap();
+    assert!(matches!(o, WanOutcome::Reply(_)), "{o:?}");
+}
