@@ -112,6 +112,44 @@ pub fn render(r: &StatusReport) -> String {
         "Configurations applied: the one at start, then every accepted reload (the running configuration's version).",
     );
     o.sample("corridor_config_applied_total", &[], r.configs_applied);
+    if let Some(c) = &r.controller {
+        o.family(
+            "corridor_controller_connected",
+            "gauge",
+            "1 when the last request to the controller succeeded.",
+        );
+        o.sample("corridor_controller_connected", &[], u64::from(c.connected));
+        o.family(
+            "corridor_bundle_version",
+            "gauge",
+            "Version of the controller bundle applied (0: none yet).",
+        );
+        o.sample(
+            "corridor_bundle_version",
+            &[],
+            c.bundle_version.unwrap_or(0),
+        );
+        o.family(
+            "corridor_bundles_applied_total",
+            "counter",
+            "Controller bundles applied.",
+        );
+        o.sample("corridor_bundles_applied_total", &[], c.bundles_applied);
+        o.family(
+            "corridor_bundles_refused_total",
+            "counter",
+            "Controller bundles refused, by reason (bad_signature, wrong_signer, replay, unsealable, malformed, wrong_gateway, apply_failed).",
+        );
+        for (reason, n) in &c.bundles_refused {
+            o.sample("corridor_bundles_refused_total", &[("reason", reason)], *n);
+        }
+        o.family(
+            "corridor_key_rotations_total",
+            "counter",
+            "Tenant key rotations this gateway carried out.",
+        );
+        o.sample("corridor_key_rotations_total", &[], c.rotations);
+    }
     o.family(
         "corridor_reloads_total",
         "counter",
@@ -725,6 +763,7 @@ mod tests {
             reload_failures: 1,
             last_reload_error: Some("x".into()),
             configs_applied: 3,
+            controller: None,
         }
     }
 
