@@ -276,6 +276,35 @@ pub(crate) fn render(r: &StatusReport) -> String {
     if let Some(e) = &r.last_reload_error {
         let _ = writeln!(s, "  last reload refused: {e}");
     }
+    if let Some(c) = &r.controller {
+        let refused: Vec<String> = c
+            .bundles_refused
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  controller {} ({}), bundle {}, {} applied, refused: {}, key rotations {}",
+            c.url.as_deref().unwrap_or("-"),
+            if c.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
+            c.bundle_version
+                .map_or_else(|| "none yet".to_owned(), |v| format!("v{v}")),
+            c.bundles_applied,
+            if refused.is_empty() {
+                "none".to_owned()
+            } else {
+                refused.join(", ")
+            },
+            c.rotations
+        );
+        if let Some(e) = &c.last_error {
+            let _ = writeln!(s, "  controller: {e}");
+        }
+    }
     let _ = writeln!(s, "interfaces:");
     for i in &r.interfaces {
         let _ = writeln!(s, "{}", interface_line(i));
