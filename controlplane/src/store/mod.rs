@@ -1,14 +1,18 @@
 //! The controller's store: policy, registry of gateways, tokens, and one revision counter that
 //! every change bumps (bundle versions are revisions). SQLite by default (embedded); PostgreSQL
 //! for several controller replicas sharing one database. Every method is one transaction.
-//!
-//! CONTRACT (skeleton by the lead; implementer: helper C). Keep these names and signatures.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::token::TokenRecord;
+
+mod ops;
+pub mod postgres;
+pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 /// The policy as the controller holds it: the files' texts (so that diagnostics keep names
 /// and lines).
@@ -61,22 +65,31 @@ pub enum StoreError {
     /// No such gateway.
     #[error("no enrolled gateway \"{0}\"")]
     UnknownGateway(String),
+    /// The gateway is revoked: nothing about it changes until it enrolls again.
+    #[error("gateway \"{0}\" is revoked; enroll it again with a new token")]
+    Revoked(String),
 }
 
 /// Why a token was not redeemed.
 #[derive(Debug, thiserror::Error)]
 pub enum RedeemError {
     /// No token with this id, or the secret does not match.
-    #[error("this token was not issued by this controller (or it was altered); ask for a new one with `corridor controller token`")]
+    #[error(
+        "this token was not issued by this controller (or it was altered); ask for a new one with `corridor controller token`"
+    )]
     Unknown,
     /// Past its expiry.
-    #[error("this token expired at {at} (unix seconds); ask for a new one with `corridor controller token`")]
+    #[error(
+        "this token expired at {at} (unix seconds); ask for a new one with `corridor controller token`"
+    )]
     Expired {
         /// Unix seconds.
         at: u64,
     },
     /// Already redeemed.
-    #[error("this token was already used at {at} (unix seconds); tokens enroll once; ask for a new one")]
+    #[error(
+        "this token was already used at {at} (unix seconds); tokens enroll once; ask for a new one"
+    )]
     Used {
         /// Unix seconds.
         at: u64,
@@ -116,7 +129,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: u64,
     ) -> Result<u64, RedeemError>;
     /// Sets (merges) a gateway's tenant public keys; bumps its `key_generation` when any
-    /// changed. Refused for an unknown or revoked gateway.
+    /// changed. Refused for an unknown or revoked gateway. When every key is already the stored
+    /// one, nothing changes and the current revision is returned (agents repeat themselves).
     fn set_tenant_keys(
         &self,
         gateway: &str,
@@ -132,6 +146,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// Opens a store from a URL: `sqlite:PATH` (or a plain path), or `postgres://...` /
 /// `postgresql://...`. Creates the schema if missing.
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
-    let _ = url;
-    unimplemented!()
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(postgres::PostgresStore::open(url)?));
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(
+        path,
+    ))?))
 }
