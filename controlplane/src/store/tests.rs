@@ -433,7 +433,10 @@ mod postgres {
                     "CORRIDOR_TEST_POSTGRES is not set on CI: the PostgreSQL store tests must run \
                      there (e.g. postgres://corridor:corridor@127.0.0.1:5432/corridor_test)"
                 );
-                eprintln!(
+                // Straight to stderr, past the test harness's capture, so that it shows.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "\n*** SKIPPED: set CORRIDOR_TEST_POSTGRES=postgres://corridor:corridor@127.0.0.1:5432/corridor_test \
                      to run the PostgreSQL store tests (CI runs them) ***\n"
                 );
