@@ -1,11 +1,13 @@
 //! The gateway's own configuration file (`/etc/corridor/gateway.toml` by default).
 //!
 //! It says who this gateway is and where its things are; what it serves comes from the policy
-//! (standalone mode) or, later, from the controller. Relative paths are taken relative to the
+//! (standalone mode, `policy = DIR`) or from a controller (controller mode, a `[controller]`
+//! table that `corridor gateway enroll` writes). The two are mutually exclusive. Relative paths are taken relative to the
 //! file's own directory, so a configuration directory can be moved as a whole.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -15,6 +17,8 @@ pub const DEFAULT_PATH: &str = "/etc/corridor/gateway.toml";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/corridor/control.sock";
 /// The WAN port unless configured.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:51820";
+/// Where a controller-mode gateway keeps its state (last good bundle, rotation record).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/corridor";
 
 /// A gateway's configuration, as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -41,6 +45,96 @@ pub struct GatewayConfig {
     /// An app whose namespace does not exist at start (or at a reload that adds it).
     #[serde(default)]
     pub missing_netns: MissingNetns,
+    /// Controller mode: where this gateway's bundles come from (excludes `policy`).
+    pub controller: Option<ControllerSection>,
+}
+
+/// The `[controller]` table: the controller this gateway enrolled with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ControllerSection {
+    /// The controller's URLs, `https://HOST:PORT`, tried in order (replicas); at least one.
+    pub urls: Vec<String>,
+    /// The controller's key fingerprint (`ed25519:...`), pinned at enrollment: TLS connections
+    /// and bundles are accepted from that key only.
+    pub fingerprint: String,
+    /// Where the gateway keeps its last good bundle and its key-rotation record. Default
+    /// `/var/lib/corridor`; a relative path is relative to this file.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Rotate this gateway's tenant keys this often (besides when the controller asks):
+    /// whole seconds as an integer (`2592000`) or a string with one unit of `s`, `m`, `h`, `d`
+    /// (`"30d"`, `"12h"`, `"90s"`). Absent: only when the controller asks.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub rotate_keys_every: Option<Duration>,
+    /// How long one bundle request may wait at the controller for a change (the controller
+    /// may cap it). Same format as `rotate-keys-every`. Absent: the controller's default.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub long_poll: Option<Duration>,
+}
+
+/// Which mode `corridor gateway run` runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode<'a> {
+    /// Serve a policy directory.
+    Standalone(&'a Path),
+    /// Take bundles from a controller.
+    Controller(&'a ControllerSection),
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+/// Parses `"30d"`, `"12h"`, `"15m"`, `"90s"` (one unit, a whole number greater than 0).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let bad = || {
+        format!(
+            "{text:?} is not a duration: give whole seconds as an integer, or a string like \"30d\", \"12h\", \"15m\" or \"90s\""
+        )
+    };
+    let Some(unit) = text.chars().last() else {
+        return Err(bad());
+    };
+    let mult: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    let n: u64 = text[..text.len() - 1].parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(format!("{text:?}: a duration must be greater than 0"));
+    }
+    n.checked_mul(mult).map(Duration::from_secs).ok_or_else(bad)
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("seconds as an integer, or a string like \"30d\", \"12h\", \"90s\"")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            match u64::try_from(v) {
+                Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
+                _ => Err(E::custom(format!("{v}: a duration must be greater than 0"))),
+            }
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            if v == 0 {
+                return Err(E::custom("0: a duration must be greater than 0"));
+            }
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse_duration(v).map_err(E::custom)
+        }
+    }
+    de.deserialize_any(V).map(Some)
 }
 
 /// What the gateway does about an app whose namespace does not exist when it starts.
@@ -117,7 +211,29 @@ impl GatewayConfig {
         config.key_dir = base.join(&config.key_dir);
         config.control_socket = base.join(&config.control_socket);
         config.policy = config.policy.map(|p| base.join(p));
+        if let Some(c) = config.controller.as_mut() {
+            c.state_dir = base.join(&c.state_dir);
+        }
         Ok(config)
+    }
+
+    /// The mode `corridor gateway run` runs in: exactly one of `policy` and `[controller]`.
+    pub fn mode(&self, path: &Path) -> Result<Mode<'_>, GatewayConfigError> {
+        match (&self.policy, &self.controller) {
+            (Some(p), None) => Ok(Mode::Standalone(p)),
+            (None, Some(c)) => Ok(Mode::Controller(c)),
+            // `parse` refuses both.
+            (Some(_), Some(_)) => Err(both(path)),
+            (None, None) => Err(GatewayConfigError::Invalid {
+                path: path.to_owned(),
+                field: "policy",
+                message: "neither `policy` nor `[controller]`: give `policy = \"DIR\"` to serve a \
+                          policy directory (standalone), or enroll with a controller \
+                          (`corridor gateway enroll --controller URL --token T`), which adds \
+                          the [controller] table"
+                    .to_owned(),
+            }),
+        }
     }
 
     /// Parses and checks configuration text; `path` is only used in messages.
@@ -171,7 +287,45 @@ impl GatewayConfig {
                 ),
             ));
         }
+        if config.policy.is_some() && config.controller.is_some() {
+            return Err(both(path));
+        }
+        if let Some(c) = &config.controller {
+            if c.urls.is_empty() {
+                return Err(invalid(
+                    "controller.urls",
+                    "no URL: give at least one, e.g. urls = [\"https://controller.example:8443\"]"
+                        .to_owned(),
+                ));
+            }
+            for url in &c.urls {
+                if let Err(e) = crate::client::parse_url(url) {
+                    return Err(invalid("controller.urls", e));
+                }
+            }
+            if crate::client::parse_fingerprint(&c.fingerprint).is_none() {
+                return Err(invalid(
+                    "controller.fingerprint",
+                    format!(
+                        "{:?} is not a key fingerprint: give the controller's \"ed25519:...\" \
+                         (50 characters) as `corridor controller` prints it and the token carries",
+                        c.fingerprint
+                    ),
+                ));
+            }
+        }
         Ok(config)
+    }
+}
+
+fn both(path: &Path) -> GatewayConfigError {
+    GatewayConfigError::Invalid {
+        path: path.to_owned(),
+        field: "policy",
+        message: "both `policy` and `[controller]` are set: a gateway serves a local policy \
+                  directory (standalone) or what its controller sends, not both; remove `policy` \
+                  to run under the controller, or the [controller] table to run standalone"
+            .to_owned(),
     }
 }
 
@@ -215,6 +369,9 @@ fn hint(field: &str) -> Option<&'static str> {
             "give IP:PORT to serve Prometheus metrics on, e.g. \"127.0.0.1:9477\" (keep it on loopback), or leave it out"
         }
         "missing-netns" => "give \"fail\" (the default) or \"wait\"",
+        "controller" => {
+            "give a table: [controller] urls = [\"https://HOST:PORT\"], fingerprint = \"ed25519:...\" (as `corridor gateway enroll` writes it)"
+        }
         _ => return None,
     })
 }
@@ -338,5 +495,120 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mtu"), "{e}");
+    }
+
+    const FP: &str = "ed25519:Zmh6rfhivXdsj8GLjp-OIAiXFIVu4jOzkCpZHQ1fKSU";
+
+    #[test]
+    fn controller_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"edge-1\"\nkey-dir = \"keys\"\n[controller]\nurls = [\"https://c1:8443\", \"https://[::1]:8443\"]\nfingerprint = \"{FP}\"\nstate-dir = \"state\"\nrotate-keys-every = \"30d\"\nlong-poll = 60\n"
+            ),
+        )
+        .unwrap();
+        let c = GatewayConfig::load(&file).unwrap();
+        let ctl = c.controller.as_ref().unwrap();
+        assert_eq!(ctl.urls.len(), 2);
+        assert_eq!(ctl.fingerprint, FP);
+        assert_eq!(ctl.state_dir, dir.path().join("state"));
+        assert_eq!(
+            ctl.rotate_keys_every,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(ctl.long_poll, Some(Duration::from_secs(60)));
+        assert_eq!(c.mode(&file).unwrap(), Mode::Controller(ctl));
+
+        let p = Path::new("gw.toml");
+        let c = GatewayConfig::parse(
+            &format!("name = \"e\"\nkey-dir = \"k\"\n[controller]\nurls = [\"https://c:1\"]\nfingerprint = \"{FP}\"\n"),
+            p,
+        )
+        .unwrap();
+        let ctl = c.controller.as_ref().unwrap();
+        assert_eq!(ctl.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(ctl.rotate_keys_every, None);
+        assert_eq!(ctl.long_poll, None);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("").is_err());
+        let p = Path::new("gw.toml");
+        let e = GatewayConfig::parse(
+            &format!("name = \"e\"\nkey-dir = \"k\"\n[controller]\nurls = [\"https://c:1\"]\nfingerprint = \"{FP}\"\nrotate-keys-every = \"monthly\"\n"),
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("gw.toml:6:21: \"monthly\" is not a duration"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn policy_and_controller_exclusive() {
+        let p = Path::new("gw.toml");
+        let e = GatewayConfig::parse(
+            &format!("name = \"e\"\nkey-dir = \"k\"\npolicy = \"p\"\n[controller]\nurls = [\"https://c:1\"]\nfingerprint = \"{FP}\"\n"),
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("gw.toml: policy: both `policy` and `[controller]`"),
+            "{e}"
+        );
+        assert!(e.contains("remove `policy`"), "{e}");
+        let c = GatewayConfig::parse("name = \"e\"\nkey-dir = \"k\"\n", p).unwrap();
+        let e = c.mode(p).unwrap_err().to_string();
+        assert!(e.contains("neither `policy` nor `[controller]`"), "{e}");
+        assert!(e.contains("corridor gateway enroll"), "{e}");
+        let c = GatewayConfig::parse("name = \"e\"\nkey-dir = \"k\"\npolicy = \"p\"\n", p).unwrap();
+        assert_eq!(c.mode(p).unwrap(), Mode::Standalone(Path::new("p")));
+    }
+
+    #[test]
+    fn controller_section_errors() {
+        let p = Path::new("gw.toml");
+        let parse = |body: &str| {
+            GatewayConfig::parse(
+                &format!("name = \"e\"\nkey-dir = \"k\"\n[controller]\n{body}"),
+                p,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let e = parse(&format!("urls = []\nfingerprint = \"{FP}\"\n"));
+        assert!(e.starts_with("gw.toml: controller.urls: no URL"), "{e}");
+        let e = parse(&format!(
+            "urls = [\"http://c:1\"]\nfingerprint = \"{FP}\"\n"
+        ));
+        assert!(
+            e.contains("controller.urls: \"http://c:1\" is not a controller URL"),
+            "{e}"
+        );
+        let e = parse("urls = [\"https://c:1\"]\nfingerprint = \"abc\"\n");
+        assert!(
+            e.contains("controller.fingerprint: \"abc\" is not a key fingerprint"),
+            "{e}"
+        );
+        let e = parse("urls = [\"https://c:1\"]\n");
+        assert!(e.contains("missing field `fingerprint`"), "{e}");
+        let e = parse(&format!(
+            "url = [\"https://c:1\"]\nfingerprint = \"{FP}\"\n"
+        ));
+        assert!(e.contains("unknown field `url`"), "{e}");
     }
 }

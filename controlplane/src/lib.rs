@@ -1,7 +1,10 @@
 //! corridor's control plane: policy files (parse, validate), compilation of one gateway's engine
 //! configuration, and gateway key files.
 
+#[cfg(target_os = "linux")]
+pub mod agent;
 pub mod bundle;
+pub mod client;
 pub mod compile;
 pub mod controller;
 pub mod diag;
