@@ -5,6 +5,12 @@
 //! remote endpoints are the other sides of relevant rules. A remote endpoint on corridor gateway
 //! H joins the peer named "H" (one per remote gateway); a stock WireGuard endpoint is a peer of
 //! its own, named after the endpoint. Everything is ordered as in the policy files.
+//!
+//! Two steps: [`compile_public`] makes the [`PublicPlan`] (public keys only: what the controller
+//! puts in a bundle), [`PublicPlan::with_keys`] adds the gateway's private keys on the gateway.
+//! The controller fills each [`Gateway::keys`] from its registry first; a remote gateway that
+//! has registered no key for a tenant yet is left out there ([`Unkeyed::Skip`]), while a
+//! standalone policy must list every key ([`Unkeyed::Error`]).
 
 use std::collections::BTreeSet;
 
@@ -94,55 +100,146 @@ pub fn compile_gateway(
     gateway: &str,
     keys: &TenantKeys,
 ) -> Result<GatewayPlan, CompileError> {
+    compile_public(policy, gateway, Unkeyed::Error, &|_, _| None)?.with_keys(gateway, keys)
+}
+
+/// A gateway's plan without its private keys: what a bundle carries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PublicPlan {
+    /// Per served tenant, in policy order.
+    pub tenants: Vec<PublicTenant>,
+    /// One interface per local endpoint, in engine order.
+    pub interfaces: Vec<InterfacePlan>,
+}
+
+/// One tenant of a [`PublicPlan`]: a [`dataplane::config::TenantConfig`] without the private key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PublicTenant {
+    /// The tenant.
+    pub name: String,
+    /// The gateway's own public key for this tenant as registered (the private key on the
+    /// gateway must match it); `None` when the gateway has registered none yet.
+    pub own_key: Option<[u8; 32]>,
+    /// As in `TenantConfig`.
+    pub endpoints: Vec<EndpointConfig>,
+    /// As in `TenantConfig` (with preshared keys where the controller hands them out).
+    pub peers: Vec<PeerConfig>,
+    /// As in `TenantConfig`.
+    pub rules: Vec<RuleConfig>,
+    /// As in `TenantConfig`.
+    pub conntrack_limit: usize,
+}
+
+/// What to do about a remote gateway that has no public key for a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unkeyed {
+    /// Standalone: an error (`CompileError::MissingPublicKey`).
+    Error,
+    /// Controller: leave that gateway out (not enrolled yet, or revoked), with its endpoints and
+    /// the rules that name them.
+    Skip,
+}
+
+/// Compiles `gateway`'s plan with public keys only. `psk(tenant, peer_gateway)` gives the
+/// preshared key of a corridor-to-corridor pair (stock WireGuard peers get none).
+pub fn compile_public(
+    policy: &Policy,
+    gateway: &str,
+    unkeyed: Unkeyed,
+    psk: &dyn Fn(&str, &str) -> Option<dataplane::SecretKey>,
+) -> Result<PublicPlan, CompileError> {
     let local_gw = policy
         .gateway(gateway)
-        .ok_or_else(|| CompileError::UnknownGateway {
-            name: gateway.to_owned(),
-            known: policy
-                .gateways
-                .iter()
-                .map(|g| g.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
-    let mut plan = GatewayPlan {
-        engine: EngineConfig::default(),
+        .ok_or_else(|| unknown_gateway(policy, gateway))?;
+    let mut plan = PublicPlan {
+        tenants: Vec::new(),
         interfaces: Vec::new(),
     };
     for tenant in policy.served_tenants(gateway) {
-        compile_tenant(policy, local_gw, tenant, keys, &mut plan)?;
+        compile_tenant(policy, local_gw, tenant, unkeyed, psk, &mut plan)?;
     }
     Ok(plan)
+}
+
+impl PublicPlan {
+    /// Adds this gateway's private keys: each must match `own_key` (`KeyMismatch`), a tenant
+    /// without one is `MissingKey`.
+    pub fn with_keys(&self, gateway: &str, keys: &TenantKeys) -> Result<GatewayPlan, CompileError> {
+        let mut engine = EngineConfig::default();
+        for t in &self.tenants {
+            let private_key = keys
+                .get(&t.name)
+                .ok_or_else(|| CompileError::MissingKey {
+                    gateway: gateway.to_owned(),
+                    tenant: t.name.clone(),
+                })?
+                .clone();
+            let own_key = t.own_key.ok_or_else(|| CompileError::MissingPublicKey {
+                gateway: gateway.to_owned(),
+                tenant: t.name.clone(),
+            })?;
+            if private_key.public_key() != own_key {
+                return Err(CompileError::KeyMismatch {
+                    gateway: gateway.to_owned(),
+                    tenant: t.name.clone(),
+                });
+            }
+            engine.tenants.push(TenantConfig {
+                name: t.name.clone(),
+                private_key,
+                endpoints: t.endpoints.clone(),
+                peers: t.peers.clone(),
+                rules: t.rules.clone(),
+                conntrack_limit: t.conntrack_limit,
+            });
+        }
+        Ok(GatewayPlan {
+            engine,
+            interfaces: self.interfaces.clone(),
+        })
+    }
+}
+
+fn unknown_gateway(policy: &Policy, name: &str) -> CompileError {
+    CompileError::UnknownGateway {
+        name: name.to_owned(),
+        known: policy
+            .gateways
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 fn compile_tenant(
     policy: &Policy,
     local_gw: &Gateway,
     tenant: &Tenant,
-    keys: &TenantKeys,
-    plan: &mut GatewayPlan,
+    unkeyed: Unkeyed,
+    psk: &dyn Fn(&str, &str) -> Option<dataplane::SecretKey>,
+    plan: &mut PublicPlan,
 ) -> Result<(), CompileError> {
     let g = local_gw.name.as_str();
     let t = tenant.name.as_str();
-    let private_key = keys
-        .get(t)
-        .ok_or_else(|| CompileError::MissingKey {
-            gateway: g.to_owned(),
-            tenant: t.to_owned(),
-        })?
-        .clone();
-    if local_gw.keys.get(t) != Some(&private_key.public_key()) {
-        return Err(CompileError::KeyMismatch {
-            gateway: g.to_owned(),
-            tenant: t.to_owned(),
-        });
-    }
 
     let is_local = |name: &str| tenant.endpoint(name).and_then(|e| e.gateway()) == Some(g);
+    // With `Unkeyed::Skip`, an endpoint on a remote gateway that has no key for this tenant is
+    // out of reach: no session can be made with it, so nothing may name it.
+    let skipped = |name: &str| {
+        unkeyed == Unkeyed::Skip
+            && tenant
+                .endpoint(name)
+                .and_then(|e| e.gateway())
+                .filter(|&h| h != g)
+                .and_then(|h| policy.gateway(h))
+                .is_some_and(|h| !h.keys.contains_key(t))
+    };
     let rules: Vec<_> = tenant
         .rules
         .iter()
         .filter(|r| is_local(&r.from) || is_local(&r.to))
+        .filter(|r| !skipped(&r.from) && !skipped(&r.to))
         .collect();
     let mut included: BTreeSet<&str> = BTreeSet::new();
     for e in &tenant.endpoints {
@@ -166,18 +263,9 @@ fn compile_tenant(
         let location = match &e.kind {
             EndpointKind::Gateway { gateway, .. } if gateway == g => Location::Local,
             EndpointKind::Gateway { gateway, .. } => {
-                let remote =
-                    policy
-                        .gateway(gateway)
-                        .ok_or_else(|| CompileError::UnknownGateway {
-                            name: gateway.clone(),
-                            known: policy
-                                .gateways
-                                .iter()
-                                .map(|g| g.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                        })?;
+                let remote = policy
+                    .gateway(gateway)
+                    .ok_or_else(|| unknown_gateway(policy, gateway))?;
                 let public_key =
                     *remote
                         .keys
@@ -190,10 +278,10 @@ fn compile_tenant(
                     &mut peers,
                     &mut peer_keys,
                     PeerKey::Gateway(gateway),
-                    PeerConfig {
+                    || PeerConfig {
                         name: remote.name.clone(),
                         public_key,
-                        preshared_key: None,
+                        preshared_key: psk(t, &remote.name),
                         endpoint: remote.endpoint,
                         persistent_keepalive: local_gw.keepalive,
                         roaming: !remote.pin_endpoint,
@@ -204,7 +292,7 @@ fn compile_tenant(
                 &mut peers,
                 &mut peer_keys,
                 PeerKey::Stock(&e.name),
-                PeerConfig {
+                || PeerConfig {
                     name: e.name.clone(),
                     public_key: stock.public_key,
                     preshared_key: None,
@@ -286,9 +374,9 @@ fn compile_tenant(
         });
     }
 
-    plan.engine.tenants.push(TenantConfig {
+    plan.tenants.push(PublicTenant {
         name: t.to_owned(),
-        private_key,
+        own_key: local_gw.keys.get(t).copied(),
         endpoints,
         peers,
         rules: rule_configs,
@@ -304,79 +392,251 @@ enum PeerKey<'a> {
     Stock(&'a str),
 }
 
-/// The index of the peer with this key, adding it if new.
+/// The index of the peer with this key, adding it (made by `peer`) if new.
 fn peer_index<'a>(
     peers: &mut Vec<PeerConfig>,
     keys: &mut Vec<PeerKey<'a>>,
     key: PeerKey<'a>,
-    peer: PeerConfig,
+    peer: impl FnOnce() -> PeerConfig,
 ) -> usize {
     if let Some(i) = keys.iter().position(|k| *k == key) {
         return i;
     }
     keys.push(key);
-    peers.push(peer);
+    peers.push(peer());
     peers.len() - 1
 }
 
-// ---- CONTRACT (skeleton by the lead; implementer: helper B). Keep names and signatures. ----
-// `GatewayPlan`/`InterfacePlan` and the dataplane config types they hold get serde derives;
-// `compile_gateway` becomes `compile_public(.., Unkeyed::Error, no psk)?.with_keys(..)`.
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
 
-/// A gateway's plan without its private keys: what a bundle carries.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PublicPlan {
-    /// Per served tenant, in policy order.
-    pub tenants: Vec<PublicTenant>,
-    /// One interface per local endpoint, in engine order.
-    pub interfaces: Vec<InterfacePlan>,
-}
+    use dataplane::SecretKey;
+    use dataplane::config::encode_key;
 
-/// One tenant of a [`PublicPlan`]: a [`dataplane::config::TenantConfig`] without the private key.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PublicTenant {
-    /// The tenant.
-    pub name: String,
-    /// The gateway's own public key for this tenant as registered (the private key on the
-    /// gateway must match it); `None` when the gateway has registered none yet.
-    pub own_key: Option<[u8; 32]>,
-    /// As in `TenantConfig`.
-    pub endpoints: Vec<EndpointConfig>,
-    /// As in `TenantConfig` (with preshared keys where the controller hands them out).
-    pub peers: Vec<PeerConfig>,
-    /// As in `TenantConfig`.
-    pub rules: Vec<RuleConfig>,
-    /// As in `TenantConfig`.
-    pub conntrack_limit: usize,
-}
+    use super::*;
+    use crate::policy::{GATEWAYS_FILE, Mode, PolicySources, SourceFile, TENANTS_DIR};
 
-/// What to do about a remote gateway that has no public key for a tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unkeyed {
-    /// Standalone: an error (`CompileError::MissingPublicKey`).
-    Error,
-    /// Controller: leave that gateway out (not enrolled yet, or revoked), with its endpoints and
-    /// the rules that name them.
-    Skip,
-}
+    fn secret(n: u8) -> SecretKey {
+        SecretKey::from_bytes([n; 32])
+    }
 
-/// Compiles `gateway`'s plan with public keys only. `psk(tenant, peer_gateway)` gives the
-/// preshared key of a corridor-to-corridor pair (stock WireGuard peers get none).
-pub fn compile_public(
-    policy: &Policy,
-    gateway: &str,
-    unkeyed: Unkeyed,
-    psk: &dyn Fn(&str, &str) -> Option<dataplane::SecretKey>,
-) -> Result<PublicPlan, CompileError> {
-    let _ = (policy, gateway, unkeyed, psk);
-    unimplemented!()
-}
+    /// acme: `app` on edge-1 talks to `cloud` on dc-1, to `backup` on dc-2 and hears from the
+    /// stock WireGuard peer `laptop`; `db` on dc-2 talks to `cloud` only (not relevant to edge-1).
+    fn policy() -> Policy {
+        let gateways = format!(
+            "[[gateway]]\nname = \"edge-1\"\nkeys = {{ acme = \"{}\" }}\n\n\
+             [[gateway]]\nname = \"dc-1\"\nendpoint = \"192.168.50.2:51820\"\nkeys = {{ acme = \"{}\" }}\n\n\
+             [[gateway]]\nname = \"dc-2\"\nendpoint = \"192.168.50.3:51820\"\nkeys = {{ acme = \"{}\" }}\n",
+            encode_key(&secret(1).public_key()),
+            encode_key(&secret(2).public_key()),
+            encode_key(&secret(3).public_key()),
+        );
+        let tenant = format!(
+            "name = \"acme\"\naddress-space = [\"10.20.0.0/16\"]\n\n\
+             [[endpoint]]\nname = \"app\"\ngateway = \"edge-1\"\nnetns = \"app\"\naddresses = [\"10.20.1.10/32\"]\n\n\
+             [[endpoint]]\nname = \"cloud\"\ngateway = \"dc-1\"\nnetns = \"cloud\"\naddresses = [\"10.20.100.1/32\"]\n\n\
+             [[endpoint]]\nname = \"backup\"\ngateway = \"dc-2\"\nnetns = \"backup\"\naddresses = [\"10.20.150.1/32\"]\n\n\
+             [[endpoint]]\nname = \"db\"\ngateway = \"dc-2\"\nnetns = \"db\"\naddresses = [\"10.20.160.1/32\"]\n\n\
+             [[endpoint]]\nname = \"laptop\"\nwireguard = {{ public-key = \"{}\", endpoint = \"192.168.60.7:51820\" }}\naddresses = [\"10.20.200.1/32\"]\n\n\
+             [[allow]]\nfrom = \"app\"\nto = \"cloud\"\nprotocol = \"tcp\"\n\n\
+             [[allow]]\nfrom = \"app\"\nto = \"backup\"\nprotocol = \"tcp\"\n\n\
+             [[allow]]\nfrom = \"laptop\"\nto = \"app\"\nprotocol = \"tcp\"\n\n\
+             [[allow]]\nfrom = \"db\"\nto = \"cloud\"\nprotocol = \"tcp\"\n",
+            encode_key(&secret(9).public_key()),
+        );
+        let file = |path: PathBuf, text: String| SourceFile { path, text };
+        let sources = PolicySources {
+            gateways: Some(file(GATEWAYS_FILE.into(), gateways)),
+            tenants: Some(vec![file(
+                PathBuf::from(TENANTS_DIR).join("acme.toml"),
+                tenant,
+            )]),
+            read_errors: Vec::new(),
+        };
+        Policy::from_sources(&sources, Mode::Strict).unwrap_or_else(|e| panic!("{e}"))
+    }
 
-impl PublicPlan {
-    /// Adds this gateway's private keys: each must match `own_key` (`KeyMismatch`), a tenant
-    /// without one is `MissingKey`.
-    pub fn with_keys(&self, gateway: &str, keys: &TenantKeys) -> Result<GatewayPlan, CompileError> {
-        let _ = (gateway, keys);
-        unimplemented!()
+    fn without_key(mut policy: Policy, gateway: &str) -> Policy {
+        for g in &mut policy.gateways {
+            if g.name == gateway {
+                g.keys.clear();
+            }
+        }
+        policy
+    }
+
+    fn keys(n: u8) -> TenantKeys {
+        let mut keys = TenantKeys::new();
+        keys.insert("acme", secret(n));
+        keys
+    }
+
+    fn endpoint_names(t: &PublicTenant) -> Vec<&str> {
+        t.endpoints.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    fn peer_names(t: &PublicTenant) -> Vec<&str> {
+        t.peers.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn compile_gateway_is_public_plan_with_keys() {
+        let policy = policy();
+        let public = compile_public(&policy, "edge-1", Unkeyed::Error, &|_, _| None).unwrap();
+        let t = &public.tenants[0];
+        assert_eq!(t.own_key, Some(secret(1).public_key()));
+        assert_eq!(endpoint_names(t), ["app", "cloud", "backup", "laptop"]);
+        assert_eq!(peer_names(t), ["dc-1", "dc-2", "laptop"]);
+        assert_eq!(t.rules.len(), 3);
+        let plan = compile_gateway(&policy, "edge-1", &keys(1)).unwrap();
+        assert_eq!(plan, public.with_keys("edge-1", &keys(1)).unwrap());
+        assert_eq!(plan.engine.tenants[0].private_key, secret(1));
+        assert_eq!(plan.interfaces, public.interfaces);
+        // The same plan in Skip mode when every gateway has its keys.
+        assert_eq!(
+            compile_public(&policy, "edge-1", Unkeyed::Skip, &|_, _| None).unwrap(),
+            public
+        );
+    }
+
+    #[test]
+    fn unkeyed_remote_is_an_error_in_error_mode() {
+        let policy = without_key(policy(), "dc-2");
+        let err = compile_public(&policy, "edge-1", Unkeyed::Error, &|_, _| None).unwrap_err();
+        assert_eq!(
+            err,
+            CompileError::MissingPublicKey {
+                gateway: "dc-2".into(),
+                tenant: "acme".into()
+            }
+        );
+        assert_eq!(
+            compile_gateway(&policy, "edge-1", &keys(1)).unwrap_err(),
+            err
+        );
+    }
+
+    #[test]
+    fn unkeyed_remote_is_left_out_in_skip_mode() {
+        let policy = without_key(policy(), "dc-2");
+        let public = compile_public(&policy, "edge-1", Unkeyed::Skip, &|_, _| None).unwrap();
+        let t = &public.tenants[0];
+        assert_eq!(endpoint_names(t), ["app", "cloud", "laptop"]);
+        assert_eq!(peer_names(t), ["dc-1", "laptop"]);
+        // app -> cloud and laptop -> app remain, with indices into the reduced list.
+        let rules: Vec<(&str, &str)> = t
+            .rules
+            .iter()
+            .map(|r| {
+                (
+                    t.endpoints[r.from].name.as_str(),
+                    t.endpoints[r.to].name.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(rules, [("app", "cloud"), ("laptop", "app")]);
+        for e in &t.endpoints {
+            if let Location::Peer(i) = e.location {
+                assert!(i < t.peers.len());
+            }
+        }
+        let routes: Vec<String> = public.interfaces[0]
+            .routes
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(routes, ["10.20.100.1/32", "10.20.200.1/32"]);
+        assert!(public.with_keys("edge-1", &keys(1)).is_ok());
+
+        // dc-2 itself, without its own key: compiled (own_key None), and refused with keys.
+        let own = compile_public(&policy, "dc-2", Unkeyed::Skip, &|_, _| None).unwrap();
+        assert_eq!(own.tenants[0].own_key, None);
+        assert_eq!(
+            own.with_keys("dc-2", &keys(3)).unwrap_err(),
+            CompileError::MissingPublicKey {
+                gateway: "dc-2".into(),
+                tenant: "acme".into()
+            }
+        );
+    }
+
+    #[test]
+    fn skipping_the_only_peer_leaves_the_interface_without_routes() {
+        let mut policy = without_key(policy(), "dc-1");
+        // dc-2's db only talks to cloud on dc-1, which has no key now.
+        let public = compile_public(&policy, "dc-2", Unkeyed::Skip, &|_, _| None).unwrap();
+        let t = &public.tenants[0];
+        assert_eq!(endpoint_names(t), ["app", "backup", "db"]);
+        assert_eq!(peer_names(t), ["edge-1"]);
+        assert_eq!(t.rules.len(), 1);
+        let db = public
+            .interfaces
+            .iter()
+            .find(|i| i.endpoint == "db")
+            .unwrap();
+        assert!(db.routes.is_empty());
+        // A remote gateway missing from the policy altogether is still an error.
+        policy.gateways.retain(|g| g.name != "dc-1");
+        assert!(matches!(
+            compile_public(&policy, "dc-2", Unkeyed::Skip, &|_, _| None),
+            Err(CompileError::UnknownGateway { .. })
+        ));
+    }
+
+    #[test]
+    fn psk_goes_to_gateway_peers_only() {
+        let policy = policy();
+        let calls = std::cell::RefCell::new(Vec::new());
+        let psk = |tenant: &str, peer: &str| {
+            calls
+                .borrow_mut()
+                .push((tenant.to_owned(), peer.to_owned()));
+            (peer == "dc-1").then(|| secret(42))
+        };
+        let public = compile_public(&policy, "edge-1", Unkeyed::Error, &psk).unwrap();
+        let t = &public.tenants[0];
+        let psks: Vec<_> = t.peers.iter().map(|p| p.preshared_key.clone()).collect();
+        assert_eq!(psks, [Some(secret(42)), None, None]);
+        assert_eq!(
+            *calls.borrow(),
+            [
+                ("acme".to_owned(), "dc-1".to_owned()),
+                ("acme".to_owned(), "dc-2".to_owned())
+            ]
+        );
+        let plan = public.with_keys("edge-1", &keys(1)).unwrap();
+        assert_eq!(
+            plan.engine.tenants[0].peers[0].preshared_key,
+            Some(secret(42))
+        );
+    }
+
+    #[test]
+    fn with_keys_errors() {
+        let public = compile_public(&policy(), "edge-1", Unkeyed::Error, &|_, _| None).unwrap();
+        assert_eq!(
+            public.with_keys("edge-1", &TenantKeys::new()).unwrap_err(),
+            CompileError::MissingKey {
+                gateway: "edge-1".into(),
+                tenant: "acme".into()
+            }
+        );
+        assert_eq!(
+            public.with_keys("edge-1", &keys(2)).unwrap_err(),
+            CompileError::KeyMismatch {
+                gateway: "edge-1".into(),
+                tenant: "acme".into()
+            }
+        );
+    }
+
+    #[test]
+    fn public_plan_serde_round_trip() {
+        let psk = |_: &str, _: &str| Some(secret(7));
+        let public = compile_public(&policy(), "edge-1", Unkeyed::Error, &psk).unwrap();
+        let json = serde_json::to_string(&public).unwrap();
+        let back: PublicPlan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, public);
     }
 }
