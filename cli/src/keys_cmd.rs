@@ -25,6 +25,16 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Make an operator key (ed25519, 0600) for `corridor policy apply`; prints the public key
+    /// to list in the controller's `operators`.
+    Operator {
+        /// The key file to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub(crate) fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -35,6 +45,7 @@ pub(crate) fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             out,
             force,
         } => generate(&policy, &gateway, &out, force),
+        KeysCommand::Operator { out, force } => operator(&out, force),
     }
 }
 
@@ -76,5 +87,27 @@ fn generate(policy_dir: &Path, gateway: &str, out: &Path, force: bool) -> anyhow
         "{}",
         keys_toml_line(files.iter().map(|f| (f.tenant.as_str(), &f.public_key)))
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[expect(
+    clippy::print_stdout,
+    reason = "the public key is the command's output"
+)]
+fn operator(out: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    if out.exists() && !force {
+        bail!(
+            "{} exists; use it, or pass --force to replace it (then update `operators` in the \
+             controller config)",
+            out.display()
+        );
+    }
+    let key = controlplane::identity::SigningIdentity::generate();
+    key.save(out)?;
+    eprintln!(
+        "created {} (mode 0600); add this public key to `operators` in the controller config:",
+        out.display()
+    );
+    println!("{}", dataplane::config::encode_key(&key.public()));
     Ok(ExitCode::SUCCESS)
 }

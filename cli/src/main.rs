@@ -1,6 +1,7 @@
 //! The `corridor` binary: one command for every role. Thin: parses, wires, prints.
 
 mod bench_cmd;
+mod controller_cmd;
 mod demo;
 #[cfg(target_os = "linux")]
 mod demo_netns;
@@ -92,6 +93,9 @@ enum Command {
     /// Run this host's gateway.
     #[command(subcommand)]
     Gateway(gateway_cmd::GatewayCommand),
+    /// Run and administer the controller (tokens, rotation, revocation, status).
+    #[command(subcommand)]
+    Controller(controller_cmd::ControllerCommand),
     /// Show what the running gateway is doing: per tenant, per peer.
     Status(status_cmd::StatusArgs),
     /// Measure this machine: AEAD speed per core, the engine in memory, a real tunnel (root).
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => keys_cmd::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Gateway(cmd) => gateway_cmd::run(cmd),
+        Command::Controller(cmd) => controller_cmd::run(cmd),
         Command::Status(args) => status_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
     };

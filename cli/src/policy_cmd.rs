@@ -26,12 +26,32 @@ pub(crate) enum PolicyCommand {
         #[arg(long)]
         keys: PathBuf,
     },
+    /// Validate a policy directory, then upload it to a controller (signed with an operator key).
+    Apply {
+        /// The policy directory.
+        dir: PathBuf,
+        /// The controller, https://HOST:PORT.
+        #[arg(long)]
+        controller: String,
+        /// The controller's key fingerprint (`corridor controller init` printed it).
+        #[arg(long)]
+        fingerprint: String,
+        /// The operator key file (`corridor keys operator --out FILE`).
+        #[arg(long)]
+        operator_key: PathBuf,
+    },
 }
 
 pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { dir } => check(&dir),
         PolicyCommand::Compile { dir, gateway, keys } => compile(&dir, &gateway, &keys),
+        PolicyCommand::Apply {
+            dir,
+            controller,
+            fingerprint,
+            operator_key,
+        } => apply(&dir, &controller, &fingerprint, &operator_key),
     }
 }
 
@@ -196,5 +216,67 @@ fn compile(dir: &Path, gateway: &str, keys: &Path) -> anyhow::Result<ExitCode> {
             routes.join(", ")
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `policy apply`: validate locally as `policy check` does (gateway keys may be missing: the
+/// controller takes them from its registry), then `PUT /v1/policy`.
+#[expect(
+    clippy::print_stdout,
+    reason = "the controller's summary is the command's output"
+)]
+fn apply(
+    dir: &Path,
+    controller: &str,
+    fingerprint: &str,
+    operator_key: &Path,
+) -> anyhow::Result<ExitCode> {
+    use controlplane::client::{Client, Signer};
+    use controlplane::controller::api::{PolicyResponse, PolicyUpload};
+
+    if controlplane::client::parse_fingerprint(fingerprint).is_none() {
+        anyhow::bail!(
+            "--fingerprint {fingerprint:?} is not a key fingerprint: give the ed25519:... text \
+             that `corridor controller init` printed"
+        );
+    }
+    let operator = controlplane::identity::SigningIdentity::load(operator_key)
+        .context("reading the operator key")?;
+    let sources = controlplane::policy::PolicySources::read(dir);
+    if load_reporting(dir, true).is_none() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let files = controlplane::controller::bundles::files_from_sources(&sources)
+        .with_context(|| format!("reading {}", dir.display()))?;
+    let client = Client::new(
+        vec![controller.to_owned()],
+        controlplane::controller::tls::Pin::Fingerprint(fingerprint.to_owned()),
+    )?;
+    let body = serde_json::to_vec(&PolicyUpload { files })?;
+    let resp = client
+        .blocking_request(
+            "PUT",
+            "/v1/policy",
+            Some(body),
+            Signer::Operator(&operator),
+            std::time::Duration::from_secs(60),
+        )
+        .map_err(|e| match e {
+            controlplane::client::ClientError::PinMismatch { url, detail } => anyhow::anyhow!(
+                "the controller at {url} is not the one pinned ({detail}); check --fingerprint \
+                 against `corridor controller status` on the controller host"
+            ),
+            e => e.into(),
+        })?;
+    if resp.status == 422 {
+        eprintln!("{}", resp.message());
+        eprintln!("the controller refused the policy (HTTP 422); the stored policy stays");
+        return Ok(ExitCode::FAILURE);
+    }
+    let answer: PolicyResponse = resp.json()?;
+    println!(
+        "{} (stored at revision {})",
+        answer.summary, answer.revision
+    );
     Ok(ExitCode::SUCCESS)
 }

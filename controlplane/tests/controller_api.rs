@@ -1,6 +1,13 @@
 //! The controller's API end to end on loopback: a real `serve()` over TLS with a SQLite store
 //! in a temporary directory, spoken to by the real client.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions may panic: that is how a test fails"
+)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
