@@ -83,7 +83,13 @@ fn bundles(c: &mut Criterion) {
     let snapshot = world();
     let identity = SigningIdentity::generate();
     // What one run produces, once, for the record.
-    let all = build_all(snapshot.clone(), &identity).expect("the benchmark policy compiles");
+    let all = match build_all(snapshot.clone(), &identity) {
+        Ok(all) => all,
+        Err(e) => {
+            eprintln!("the benchmark policy does not compile: {e}");
+            std::process::exit(1);
+        }
+    };
     let total: usize = all.iter().map(|(_, b)| b.len()).sum();
     let dc = all
         .iter()

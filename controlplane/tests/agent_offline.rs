@@ -100,7 +100,6 @@ fn refused(agent: &Agent, reason: &str) -> u64 {
 }
 
 #[test]
-#[ignore = "needs bundle::seal and bundle::open, still unimplemented!() at this commit: remove this line when they land"]
 fn bundles_checked_counted_and_kept() {
     let w = world();
     let mut agent = w.agent();
@@ -184,7 +183,6 @@ fn bundles_checked_counted_and_kept() {
 }
 
 #[test]
-#[ignore = "needs bundle::seal and bundle::open, still unimplemented!() at this commit: remove this line when they land"]
 fn rotated_key_used_then_promoted() {
     let mut w = world();
     let next = SecretKey::generate();
@@ -213,7 +211,6 @@ fn rotated_key_used_then_promoted() {
 }
 
 #[test]
-#[ignore = "needs bundle::seal and bundle::open, still unimplemented!() at this commit: remove this line when they land"]
 fn unknown_key_leaves_the_tenant_out() {
     let mut w = world();
     for t in &mut w.content.plan.tenants {

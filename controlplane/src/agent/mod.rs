@@ -492,7 +492,7 @@ impl Agent {
         cfg: AgentConfig,
         notify: Box<dyn Fn() + Send + Sync>,
     ) -> Result<Agent, AgentError> {
-        let inner = Arc::new(Self::prepare(cfg, notify)?);
+        let inner = Arc::new(Self::prepare(cfg, notify, None)?);
         let (tx, rx) = tokio::sync::watch::channel(false);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -509,7 +509,11 @@ impl Agent {
         })
     }
 
-    fn prepare(cfg: AgentConfig, notify: Box<dyn Fn() + Send + Sync>) -> Result<Inner, AgentError> {
+    fn prepare(
+        cfg: AgentConfig,
+        notify: Box<dyn Fn() + Send + Sync>,
+        known_key: Option<[u8; 32]>,
+    ) -> Result<Inner, AgentError> {
         let identity = SigningIdentity::load(&cfg.key_dir.join(CONTROL_KEY))?;
         let seal = SealKey::load(&cfg.key_dir.join(SEAL_KEY))?;
         state::ensure_dir(&cfg.state_dir)
@@ -529,7 +533,8 @@ impl Agent {
             }
         };
         let client = Client::new(cfg.urls.clone(), Pin::Fingerprint(cfg.fingerprint.clone()))?;
-        let controller_key = state::load_controller_key(&cfg.state_dir, &cfg.fingerprint);
+        let controller_key =
+            known_key.or_else(|| state::load_controller_key(&cfg.state_dir, &cfg.fingerprint));
         let inner = Inner {
             shared: Mutex::new(Shared {
                 controller_key,
@@ -554,8 +559,7 @@ impl Agent {
     /// An agent that does not talk to any controller (tests): bundles come from
     /// [`Agent::offline_bundle`] only.
     pub fn offline(cfg: AgentConfig, controller_key: [u8; 32]) -> Result<Agent, AgentError> {
-        let inner = Self::prepare(cfg, Box::new(|| {}))?;
-        inner.lock().controller_key = Some(controller_key);
+        let inner = Self::prepare(cfg, Box::new(|| {}), Some(controller_key))?;
         Ok(Agent {
             inner: Arc::new(inner),
             stop: None,
