@@ -1,3 +1,6 @@
+//! DRAFT (not yet in CI; passed 3/3 by hand as root with CORRIDOR_TEST_POSTGRES set, by copying it
+//! to netns-tests/tests/): move it to tests/ to make it part of the suite.
+//!
 //! The controller, end to end with the real binary: enrollment from token to traffic; forged,
 //! altered and replayed bundles refused and counted while traffic flows; revocation; key
 //! rotation under a running TCP stream; two controller replicas on PostgreSQL, one killed.
@@ -26,11 +29,9 @@ endpoint = "192.168.50.2:51820"
 struct World {
     lab: Lab,
     edge_ns: String,
-    dc_ns: String,
     ctl_configs: Vec<PathBuf>,
     ctl_pids: Vec<u32>,
     urls: Vec<String>,
-    policy: PathBuf,
     edge: Gateway,
     dc: Gateway,
 }
@@ -205,11 +206,9 @@ fn world(test: &str, store: Option<String>, replicas: usize) -> Option<World> {
     Some(World {
         lab,
         edge_ns,
-        dc_ns,
         ctl_configs,
         ctl_pids,
         urls,
-        policy,
         edge,
         dc,
     })
@@ -255,13 +254,12 @@ fn enrollment_to_traffic_and_hostile_bundles() {
     .unwrap_or_else(|e| panic!("acme tcp: {e}"));
     // Only what the policy allows: globex's TCP port 7000 is not acme's.
     assert!(
-        netns_tests::tcp_reaches(
+        !netns_tests::tcp_reaches(
             &acme_app,
             &acme_cloud,
             "10.20.100.1:7000".parse().unwrap(),
             Duration::from_secs(1)
-        )
-        .is_err(),
+        ),
         "acme reached a port its policy does not allow"
     );
     let status = w.edge.status();
@@ -280,7 +278,14 @@ fn enrollment_to_traffic_and_hostile_bundles() {
             &w.edge_ns,
             &["gateway", "apply-bundle", &s(&file), "--config", &s(&w.edge.config)],
         );
-        assert!(!ok, "the gateway accepted the {name} bundle:\n{out}");
+        assert!(ok, "apply-bundle {name} failed:\n{out}");
+    };
+    // The agent checks dropped-in bundles within a second.
+    let counted = |reason: &str, want: u64| {
+        wait_for(Duration::from_secs(5), || {
+            (refused(&w.edge, reason) >= want).then_some(())
+        })
+        .is_some()
     };
 
     // 1. One bit flipped in the sealed part.
@@ -289,7 +294,7 @@ fn enrollment_to_traffic_and_hostile_bundles() {
     flipped[at] ^= 0x10;
     let before = refused(&w.edge, "bad_signature");
     feed("flipped", &flipped);
-    assert_eq!(refused(&w.edge, "bad_signature"), before + 1);
+    assert!(counted("bad_signature", before + 1), "bad_signature not counted: {:?}", w.edge.status().controller);
 
     // 2. A well-formed bundle for edge-1, sealed to it, signed by another controller key.
     let other = controlplane::identity::SigningIdentity::generate();
@@ -310,12 +315,12 @@ fn enrollment_to_traffic_and_hostile_bundles() {
     let forged = controlplane::bundle::seal(&content, &other, &seal.public()).unwrap();
     let before = refused(&w.edge, "wrong_signer");
     feed("forged", &forged);
-    assert_eq!(refused(&w.edge, "wrong_signer"), before + 1);
+    assert!(counted("wrong_signer", before + 1), "wrong_signer not counted: {:?}", w.edge.status().controller);
 
     // 3. The genuine bundle again: a replay.
     let before = refused(&w.edge, "replay");
     feed("replayed", &good);
-    assert_eq!(refused(&w.edge, "replay"), before + 1);
+    assert!(counted("replay", before + 1), "replay not counted: {:?}", w.edge.status().controller);
 
     // The gateway kept forwarding on its last good bundle throughout.
     assert!(acme_ping(&w, 3), "traffic stopped after refused bundles");
