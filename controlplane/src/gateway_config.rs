@@ -329,8 +329,9 @@ fn both(path: &Path) -> GatewayConfigError {
     }
 }
 
-/// The top-level key whose entry (key and value) holds the byte range `span`.
-fn field_at(text: &str, span: &std::ops::Range<usize>) -> Option<String> {
+/// The top-level key whose entry (key and value) holds the byte range `span` (also used by
+/// the controller's configuration).
+pub(crate) fn field_at(text: &str, span: &std::ops::Range<usize>) -> Option<String> {
     if span.is_empty() {
         // A missing field: about the file as a whole.
         return None;
@@ -376,7 +377,8 @@ fn hint(field: &str) -> Option<&'static str> {
     })
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

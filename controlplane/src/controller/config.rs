@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::Deserialize;
 
+use crate::gateway_config::{field_at, line_col};
+
 /// Where `corridor controller` looks without `--config`.
 pub const DEFAULT_PATH: &str = "/etc/corridor/controller.toml";
 /// The HTTPS port unless configured.
@@ -254,28 +256,6 @@ pub fn decode_key(text: &str) -> Option<[u8; 32]> {
     <[u8; 32]>::try_from(bytes.as_slice()).ok()
 }
 
-/// The top-level key whose entry (key and value) holds the byte range `span`.
-fn field_at(text: &str, span: &std::ops::Range<usize>) -> Option<String> {
-    if span.is_empty() {
-        return None;
-    }
-    let doc = toml::de::DeTable::parse(text).ok()?;
-    let overlapping: Vec<String> = doc
-        .get_ref()
-        .iter()
-        .filter(|(k, v)| {
-            let start = k.span().start.min(v.span().start);
-            let end = k.span().end.max(v.span().end);
-            span.start < end && start < span.end
-        })
-        .map(|(k, _)| k.get_ref().to_string())
-        .collect();
-    match <[String; 1]>::try_from(overlapping) {
-        Ok([field]) => Some(field),
-        Err(_) => None,
-    }
-}
-
 /// What a field takes, said after a wrong value.
 fn hint(field: &str) -> Option<&'static str> {
     Some(match field {
@@ -292,13 +272,6 @@ fn hint(field: &str) -> Option<&'static str> {
         "replica" => "give a name as a string, e.g. \"ctl-a\"",
         _ => return None,
     })
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]
