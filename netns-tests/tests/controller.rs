@@ -1,12 +1,10 @@
-//! DRAFT (not yet in CI; passed 3/3 by hand as root with CORRIDOR_TEST_POSTGRES set, by copying it
-//! to netns-tests/tests/): move it to tests/ to make it part of the suite.
-//!
 //! The controller, end to end with the real binary: enrollment from token to traffic; forged,
 //! altered and replayed bundles refused and counted while traffic flows; revocation; key
 //! rotation under a running TCP stream; two controller replicas on PostgreSQL, one killed.
 //!
 //! World: edge (edge-1, 192.168.50.1, dials out) —WAN— dc (dc-1, 192.168.50.2:51820), the
 //! controller(s) in dc's namespace on 192.168.50.2:8443 (and :8444). Gateways only connect out.
+#![cfg(test)]
 
 mod common;
 
@@ -99,7 +97,13 @@ fn start_controller(lab: &mut Lab, ns: &str, config: &Path, port: u16) -> u32 {
 }
 
 /// Enrolls gateway `name` (in `ns`) with a fresh token and starts it.
-fn enroll_and_run(lab: &mut Lab, ns: &str, name: &str, ctl_config: &Path, urls: &[String]) -> Gateway {
+fn enroll_and_run(
+    lab: &mut Lab,
+    ns: &str,
+    name: &str,
+    ctl_config: &Path,
+    urls: &[String],
+) -> Gateway {
     let token = admin(&[
         "controller",
         "token",
@@ -182,7 +186,7 @@ fn world(test: &str, store: Option<String>, replicas: usize) -> Option<World> {
         lab.ns(app);
     }
     lab.link(&edge_ns, "192.168.50.1/24", &dc_ns, "192.168.50.2/24");
-    let policy = lab.policy(&[
+    lab.policy(&[
         ("gateways.toml", GATEWAYS),
         ("tenants/acme.toml", common::ACME),
         ("tenants/globex.toml", common::GLOBEX),
@@ -263,7 +267,10 @@ fn enrollment_to_traffic_and_hostile_bundles() {
         "acme reached a port its policy does not allow"
     );
     let status = w.edge.status();
-    let ctl = status.controller.clone().expect("edge-1 reports its controller");
+    let ctl = status
+        .controller
+        .clone()
+        .expect("edge-1 reports its controller");
     let applied = ctl.bundle_version.expect("a bundle was applied");
     assert!(ctl.bundles_applied >= 1, "{ctl:?}");
 
@@ -276,7 +283,13 @@ fn enrollment_to_traffic_and_hostile_bundles() {
         let (ok, out) = corridor_in(
             &w.lab,
             &w.edge_ns,
-            &["gateway", "apply-bundle", &s(&file), "--config", &s(&w.edge.config)],
+            &[
+                "gateway",
+                "apply-bundle",
+                &s(&file),
+                "--config",
+                &s(&w.edge.config),
+            ],
         );
         assert!(ok, "apply-bundle {name} failed:\n{out}");
     };
@@ -294,7 +307,11 @@ fn enrollment_to_traffic_and_hostile_bundles() {
     flipped[at] ^= 0x10;
     let before = refused(&w.edge, "bad_signature");
     feed("flipped", &flipped);
-    assert!(counted("bad_signature", before + 1), "bad_signature not counted: {:?}", w.edge.status().controller);
+    assert!(
+        counted("bad_signature", before + 1),
+        "bad_signature not counted: {:?}",
+        w.edge.status().controller
+    );
 
     // 2. A well-formed bundle for edge-1, sealed to it, signed by another controller key.
     let other = controlplane::identity::SigningIdentity::generate();
@@ -315,12 +332,20 @@ fn enrollment_to_traffic_and_hostile_bundles() {
     let forged = controlplane::bundle::seal(&content, &other, &seal.public()).unwrap();
     let before = refused(&w.edge, "wrong_signer");
     feed("forged", &forged);
-    assert!(counted("wrong_signer", before + 1), "wrong_signer not counted: {:?}", w.edge.status().controller);
+    assert!(
+        counted("wrong_signer", before + 1),
+        "wrong_signer not counted: {:?}",
+        w.edge.status().controller
+    );
 
     // 3. The genuine bundle again: a replay.
     let before = refused(&w.edge, "replay");
     feed("replayed", &good);
-    assert!(counted("replay", before + 1), "replay not counted: {:?}", w.edge.status().controller);
+    assert!(
+        counted("replay", before + 1),
+        "replay not counted: {:?}",
+        w.edge.status().controller
+    );
 
     // The gateway kept forwarding on its last good bundle throughout.
     assert!(acme_ping(&w, 3), "traffic stopped after refused bundles");
@@ -348,7 +373,10 @@ fn enrollment_to_traffic_and_hostile_bundles() {
         w.dc.log()
     );
     eprintln!("revocation took effect on dc-1 after {:?}", t0.elapsed());
-    assert!(!acme_ping(&w, 2), "edge-1's app still reaches dc-1 after revocation");
+    assert!(
+        !acme_ping(&w, 2),
+        "edge-1's app still reaches dc-1 after revocation"
+    );
     let refusal = wait_for(Duration::from_secs(35), || {
         let c = w.edge.status().controller?;
         c.last_error.filter(|e| e.contains("revoked"))
@@ -385,7 +413,13 @@ fn key_rotation_under_a_tcp_stream_loses_nothing() {
     )
     .unwrap_or_else(|e| panic!("stream: {e}"));
     std::thread::sleep(Duration::from_secs(3));
-    admin(&["controller", "rotate", "--config", &s(&w.ctl_configs[0]), "--all"]);
+    admin(&[
+        "controller",
+        "rotate",
+        "--config",
+        &s(&w.ctl_configs[0]),
+        "--all",
+    ]);
     let rotated = wait_for(Duration::from_secs(8), || {
         (key_of(&w.edge) != edge_key && key_of(&w.dc) != dc_key).then_some(())
     });
