@@ -12,7 +12,7 @@
 //! has registered no key for a tenant yet is left out there ([`Unkeyed::Skip`]), while a
 //! standalone policy must list every key ([`Unkeyed::Error`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use dataplane::config::{
     EndpointConfig, EngineConfig, Location, PeerConfig, RuleConfig, TenantConfig,
@@ -20,7 +20,7 @@ use dataplane::config::{
 use ip_network::IpNetwork;
 
 use crate::keys::TenantKeys;
-use crate::policy::{EndpointKind, Gateway, Policy, Tenant};
+use crate::policy::{Endpoint, EndpointKind, Gateway, Policy, Tenant};
 
 /// What one gateway gets: the engine configuration and the interfaces to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,17 +148,131 @@ pub fn compile_public(
     unkeyed: Unkeyed,
     psk: &dyn Fn(&str, &str) -> Option<dataplane::SecretKey>,
 ) -> Result<PublicPlan, CompileError> {
-    let local_gw = policy
-        .gateway(gateway)
+    compile_indexed(policy, &PolicyIndex::new(policy), gateway, unkeyed, psk)
+}
+
+/// [`compile_public`] with an index built once for many gateways of `policy` (the controller
+/// compiles every gateway of a policy in turn). `index` must be `PolicyIndex::new(policy)`
+/// (keys may change in between: they are not indexed).
+pub fn compile_indexed(
+    policy: &Policy,
+    index: &PolicyIndex,
+    gateway: &str,
+    unkeyed: Unkeyed,
+    psk: &dyn Fn(&str, &str) -> Option<dataplane::SecretKey>,
+) -> Result<PublicPlan, CompileError> {
+    let local_gw = index
+        .gateway(policy, gateway)
         .ok_or_else(|| unknown_gateway(policy, gateway))?;
     let mut plan = PublicPlan {
         tenants: Vec::new(),
         interfaces: Vec::new(),
     };
-    for tenant in policy.served_tenants(gateway) {
-        compile_tenant(policy, local_gw, tenant, unkeyed, psk, &mut plan)?;
+    for &ti in index.served.get(gateway).map_or(&[][..], Vec::as_slice) {
+        let (Some(tenant), Some(tix)) = (policy.tenants.get(ti), index.tenants.get(ti)) else {
+            continue;
+        };
+        let cx = TenantCx {
+            policy,
+            index,
+            tenant,
+            tix,
+            local_gw,
+            unkeyed,
+        };
+        compile_tenant(&cx, psk, &mut plan)?;
     }
     Ok(plan)
+}
+
+/// Name lookups over one policy, so that compiling one gateway costs about what that gateway
+/// gets rather than the size of the whole policy (a fleet of 1,000 gateways made linear
+/// lookups per rule quadratic).
+#[derive(Debug, Clone, Default)]
+pub struct PolicyIndex {
+    gateways: HashMap<String, usize>,
+    tenants: Vec<TenantIndex>,
+    /// Gateway → the tenants with an endpoint on it, in policy order.
+    served: HashMap<String, Vec<usize>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TenantIndex {
+    endpoints: HashMap<String, usize>,
+    /// Gateway → its endpoints of this tenant, in policy order.
+    local: HashMap<String, Vec<usize>>,
+    /// Gateway → the rules with a side on it, in policy order.
+    rules: HashMap<String, Vec<usize>>,
+}
+
+impl PolicyIndex {
+    /// Indexes `policy`.
+    pub fn new(policy: &Policy) -> Self {
+        let mut index = PolicyIndex {
+            gateways: policy
+                .gateways
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (g.name.clone(), i))
+                .collect(),
+            ..PolicyIndex::default()
+        };
+        for (ti, tenant) in policy.tenants.iter().enumerate() {
+            let mut tix = TenantIndex::default();
+            for (i, e) in tenant.endpoints.iter().enumerate() {
+                tix.endpoints.insert(e.name.clone(), i);
+                if let Some(g) = e.gateway() {
+                    tix.local.entry(g.to_owned()).or_default().push(i);
+                }
+            }
+            for (ri, r) in tenant.rules.iter().enumerate() {
+                let side = |name: &str| {
+                    tix.endpoints
+                        .get(name)
+                        .and_then(|&i| tenant.endpoints.get(i)?.gateway())
+                };
+                let (from, to) = (side(&r.from), side(&r.to));
+                for g in [from, to].into_iter().flatten() {
+                    let list = tix.rules.entry(g.to_owned()).or_default();
+                    if list.last() != Some(&ri) {
+                        list.push(ri);
+                    }
+                }
+            }
+            for g in tix.local.keys() {
+                index.served.entry(g.clone()).or_default().push(ti);
+            }
+            index.tenants.push(tix);
+        }
+        index
+    }
+
+    fn gateway<'p>(&self, policy: &'p Policy, name: &str) -> Option<&'p Gateway> {
+        self.gateways
+            .get(name)
+            .and_then(|&i| policy.gateways.get(i))
+    }
+}
+
+/// One tenant being compiled for one gateway.
+struct TenantCx<'a> {
+    policy: &'a Policy,
+    index: &'a PolicyIndex,
+    tenant: &'a Tenant,
+    tix: &'a TenantIndex,
+    local_gw: &'a Gateway,
+    unkeyed: Unkeyed,
+}
+
+impl<'a> TenantCx<'a> {
+    fn endpoint_index(&self, name: &str) -> Option<usize> {
+        self.tix.endpoints.get(name).copied()
+    }
+
+    fn endpoint(&self, name: &str) -> Option<&'a Endpoint> {
+        self.endpoint_index(name)
+            .and_then(|i| self.tenant.endpoints.get(i))
+    }
 }
 
 impl PublicPlan {
@@ -213,58 +327,53 @@ fn unknown_gateway(policy: &Policy, name: &str) -> CompileError {
 }
 
 fn compile_tenant(
-    policy: &Policy,
-    local_gw: &Gateway,
-    tenant: &Tenant,
-    unkeyed: Unkeyed,
+    cx: &TenantCx<'_>,
     psk: &dyn Fn(&str, &str) -> Option<dataplane::SecretKey>,
     plan: &mut PublicPlan,
 ) -> Result<(), CompileError> {
+    let (policy, tenant, local_gw, unkeyed) = (cx.policy, cx.tenant, cx.local_gw, cx.unkeyed);
     let g = local_gw.name.as_str();
     let t = tenant.name.as_str();
 
-    let is_local = |name: &str| tenant.endpoint(name).and_then(|e| e.gateway()) == Some(g);
     // With `Unkeyed::Skip`, an endpoint on a remote gateway that has no key for this tenant is
     // out of reach: no session can be made with it, so nothing may name it.
     let skipped = |name: &str| {
         unkeyed == Unkeyed::Skip
-            && tenant
+            && cx
                 .endpoint(name)
                 .and_then(|e| e.gateway())
                 .filter(|&h| h != g)
-                .and_then(|h| policy.gateway(h))
+                .and_then(|h| cx.index.gateway(policy, h))
                 .is_some_and(|h| !h.keys.contains_key(t))
     };
-    let rules: Vec<_> = tenant
+    // The rules with a local side.
+    let rules: Vec<_> = cx
+        .tix
         .rules
+        .get(g)
+        .map_or(&[][..], Vec::as_slice)
         .iter()
-        .filter(|r| is_local(&r.from) || is_local(&r.to))
+        .filter_map(|&ri| tenant.rules.get(ri))
         .filter(|r| !skipped(&r.from) && !skipped(&r.to))
         .collect();
-    let mut included: BTreeSet<&str> = BTreeSet::new();
-    for e in &tenant.endpoints {
-        if e.gateway() == Some(g) {
-            included.insert(&e.name);
-        }
-    }
+    let local: &[usize] = cx.tix.local.get(g).map_or(&[][..], Vec::as_slice);
+    // Endpoint indices, so that they come out in policy order.
+    let mut included: BTreeSet<usize> = local.iter().copied().collect();
     for r in &rules {
-        included.insert(&r.from);
-        included.insert(&r.to);
+        included.extend(cx.endpoint_index(&r.from));
+        included.extend(cx.endpoint_index(&r.to));
     }
 
     let mut endpoints = Vec::new();
     let mut peers: Vec<PeerConfig> = Vec::new();
-    let mut peer_keys: Vec<PeerKey<'_>> = Vec::new();
-    for e in tenant
-        .endpoints
-        .iter()
-        .filter(|e| included.contains(e.name.as_str()))
-    {
+    let mut peer_keys: HashMap<PeerKey<'_>, usize> = HashMap::new();
+    for e in included.iter().filter_map(|&i| tenant.endpoints.get(i)) {
         let location = match &e.kind {
             EndpointKind::Gateway { gateway, .. } if gateway == g => Location::Local,
             EndpointKind::Gateway { gateway, .. } => {
-                let remote = policy
-                    .gateway(gateway)
+                let remote = cx
+                    .index
+                    .gateway(policy, gateway)
                     .ok_or_else(|| unknown_gateway(policy, gateway))?;
                 let public_key =
                     *remote
@@ -309,11 +418,12 @@ fn compile_tenant(
         });
     }
 
-    let index_of = |name: &str| {
-        endpoints
-            .iter()
-            .position(|e: &EndpointConfig| e.name == name)
-    };
+    let positions: HashMap<&str, usize> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.as_str(), i))
+        .collect();
+    let index_of = |name: &str| positions.get(name).copied();
     let mut rule_configs = Vec::new();
     for r in &rules {
         // Both sides are included above; validation guarantees the names exist.
@@ -327,7 +437,7 @@ fn compile_tenant(
         }
     }
 
-    for e in tenant.endpoints.iter() {
+    for e in local.iter().filter_map(|&i| tenant.endpoints.get(i)) {
         let EndpointKind::Gateway {
             gateway,
             netns,
@@ -340,6 +450,7 @@ fn compile_tenant(
             continue;
         }
         let mut routes: Vec<IpNetwork> = Vec::new();
+        let mut seen: BTreeSet<IpNetwork> = BTreeSet::new();
         for r in &rules {
             let other = if r.from == e.name {
                 &r.to
@@ -348,12 +459,8 @@ fn compile_tenant(
             } else {
                 continue;
             };
-            for p in tenant
-                .endpoint(other)
-                .map(|o| o.prefixes())
-                .unwrap_or_default()
-            {
-                if !routes.contains(&p) {
+            for p in cx.endpoint(other).map(|o| o.prefixes()).unwrap_or_default() {
+                if seen.insert(p) {
                     routes.push(p);
                 }
             }
@@ -386,7 +493,7 @@ fn compile_tenant(
 }
 
 /// What makes a peer: a remote corridor gateway, or a stock WireGuard endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum PeerKey<'a> {
     Gateway(&'a str),
     Stock(&'a str),
@@ -395,16 +502,14 @@ enum PeerKey<'a> {
 /// The index of the peer with this key, adding it (made by `peer`) if new.
 fn peer_index<'a>(
     peers: &mut Vec<PeerConfig>,
-    keys: &mut Vec<PeerKey<'a>>,
+    keys: &mut HashMap<PeerKey<'a>, usize>,
     key: PeerKey<'a>,
     peer: impl FnOnce() -> PeerConfig,
 ) -> usize {
-    if let Some(i) = keys.iter().position(|k| *k == key) {
-        return i;
-    }
-    keys.push(key);
-    peers.push(peer());
-    peers.len() - 1
+    *keys.entry(key).or_insert_with(|| {
+        peers.push(peer());
+        peers.len() - 1
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::bundle::{BundleContent, BundleError, derive_psk, seal};
-use crate::compile::{CompileError, PublicPlan, Unkeyed, compile_public};
+use crate::compile::{CompileError, PolicyIndex, PublicPlan, Unkeyed, compile_indexed};
 use crate::identity::SigningIdentity;
 use crate::policy::{GATEWAYS_FILE, Mode, Policy, PolicySources, SourceFile, TENANTS_DIR};
 use crate::store::{GatewayRecord, PolicyFiles, Snapshot, Store, StoreError};
@@ -120,6 +120,10 @@ pub struct Prepared {
     pub snapshot: Snapshot,
     /// The policy with registry keys (`None`: no policy stored yet); `Err`: it does not validate.
     policy: Option<Result<Policy, String>>,
+    /// Lookups over `policy`, built once for all its gateways' bundles.
+    index: PolicyIndex,
+    /// Registry records by name (every request looks its gateway up).
+    records: HashMap<String, usize>,
     sealed: Mutex<HashMap<String, Arc<Vec<u8>>>>,
 }
 
@@ -134,9 +138,21 @@ impl Prepared {
                 })
                 .map_err(|e| e.to_string())
         });
+        let records = snapshot
+            .gateways
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.clone(), i))
+            .collect();
+        let index = match &policy {
+            Some(Ok(p)) => PolicyIndex::new(p),
+            _ => PolicyIndex::default(),
+        };
         Prepared {
             snapshot,
             policy,
+            index,
+            records,
             sealed: Mutex::new(HashMap::new()),
         }
     }
@@ -148,7 +164,9 @@ impl Prepared {
 
     /// The registry record of `gateway`.
     pub fn record(&self, gateway: &str) -> Option<&GatewayRecord> {
-        self.snapshot.gateways.iter().find(|g| g.name == gateway)
+        self.records
+            .get(gateway)
+            .and_then(|&i| self.snapshot.gateways.get(i))
     }
 
     /// The sealed bundle of `gateway` at this snapshot's revision (built once, then cached).
@@ -194,12 +212,12 @@ impl Prepared {
                         (peer, generation(peer)),
                     ))
                 };
-                compile_public(policy, gateway, Unkeyed::Skip, &psk).map_err(|source| {
-                    BuildError::Compile {
+                compile_indexed(policy, &self.index, gateway, Unkeyed::Skip, &psk).map_err(
+                    |source| BuildError::Compile {
                         gateway: gateway.to_owned(),
                         source,
-                    }
-                })?
+                    },
+                )?
             }
         };
         let content = BundleContent {
