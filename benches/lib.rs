@@ -2,6 +2,8 @@
 //! worlds built to scale (many rules, routes, sessions, tenants), and the split of a TCP
 //! super-packet into MTU-sized segments.
 
+pub mod fleet;
+
 use std::net::SocketAddr;
 
 use blake2::digest::{FixedOutput, KeyInit, Update};
