@@ -82,10 +82,9 @@ impl Fleet {
     /// (what an operator's one-line edit looks like).
     pub fn policy_with_port(&self, port: u16) -> PolicyFiles {
         let mut files = self.policy.clone();
-        let edges = self.gateways.len() - 1;
         files.tenants.insert(
             "tenant-0.toml".into(),
-            tenant_file(0, "tenant-0", edges, port),
+            tenant_file(0, "tenant-0", self.edges, port),
         );
         files
     }

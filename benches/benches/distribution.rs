@@ -129,7 +129,12 @@ fn distribution(c: &mut Criterion) {
         Ok(rt) => rt,
         Err(e) => fail("starting the runtime", e),
     };
-    let mut fleet = Fleet::new(EDGES, TENANTS);
+    // CORRIDOR_BENCH_EDGES: another fleet size (the figure the README quotes is for 999 + dc-1).
+    let edges = std::env::var("CORRIDOR_BENCH_EDGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(EDGES);
+    let mut fleet = Fleet::new(edges, TENANTS);
     let n = fleet.gateways.len();
     let dir = tempfile::tempdir().unwrap_or_else(|e| fail("a temporary directory", e));
     let operator = SigningIdentity::generate();
@@ -193,7 +198,7 @@ fn distribution(c: &mut Criterion) {
     g.sampling_mode(SamplingMode::Flat);
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(30));
-    g.bench_function("one_change_reaches_1000_agents", |b| {
+    g.bench_function(format!("one_change_reaches_{n}_agents"), |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
