@@ -67,11 +67,40 @@ pub(crate) enum ControllerCommand {
     },
 }
 
+/// Each connected gateway holds a socket open in a long-poll: a fleet of 1,000 needs more than
+/// the usual soft limit of 1,024 files. Raise the soft limit to the hard one (what the service
+/// manager allows), as servers commonly do.
+fn raise_open_files() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        // An unlimited hard limit is above what the kernel takes (fs.nr_open): cap it.
+        Ok((soft, hard)) if soft < hard.min(1 << 20) => {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 20), hard) {
+                Ok(()) => tracing::debug!(
+                    from = soft,
+                    to = hard.min(1 << 20),
+                    "open-files limit raised"
+                ),
+                Err(e) => {
+                    tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit")
+                }
+            }
+        }
+        Ok((soft, _)) if soft < 4096 => tracing::warn!(
+            soft,
+            "the open-files limit is low for a controller of many gateways (each long-poll \
+             holds a socket): raise it (LimitNOFILE= in a systemd unit, ulimit -n)"
+        ),
+        _ => {}
+    }
+}
+
 pub(crate) fn run(cmd: ControllerCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ControllerCommand::Init { config } => init(&config),
         ControllerCommand::Run { config } => {
             let cfg = load(&config)?;
+            raise_open_files();
             controlplane::controller::run(cfg).context("running the controller")?;
             Ok(ExitCode::SUCCESS)
         }
