@@ -308,7 +308,7 @@ impl GatewayConfig {
                     "controller.fingerprint",
                     format!(
                         "{:?} is not a key fingerprint: give the controller's \"ed25519:...\" \
-                         (50 characters) as `corridor controller` prints it and the token carries",
+                         (51 characters) as `corridor controller` prints it and the token carries",
                         c.fingerprint
                     ),
                 ));

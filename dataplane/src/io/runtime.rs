@@ -86,7 +86,7 @@ pub struct ControllerStatus {
     /// Bundles applied (from the controller, or from disk at start).
     pub bundles_applied: u64,
     /// Bundles refused, per reason (`bad_signature`, `wrong_signer`, `replay`, `unsealable`,
-    /// `malformed`, `wrong_gateway`, `apply_failed`).
+    /// `malformed`, `wrong_gateway`, `unverifiable`, `apply_failed`).
     pub bundles_refused: std::collections::BTreeMap<String, u64>,
     /// Key rotations carried out.
     pub rotations: u64,
