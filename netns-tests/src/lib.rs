@@ -291,20 +291,32 @@ impl Lab {
                 policy.display()
             ),
         );
+        let gw = self.spawn_gateway(ns, name, config, socket);
+        gw.wait_ready(Duration::from_secs(15));
+        gw
+    }
+
+    /// Starts `corridor gateway run --config CONFIG` for gateway `name` in namespace `ns`
+    /// (its control socket: `socket`; its log in the lab), without waiting for it.
+    pub fn spawn_gateway(
+        &mut self,
+        ns: &str,
+        name: &str,
+        config: PathBuf,
+        socket: PathBuf,
+    ) -> Gateway {
         let log = self.dir().join(format!("{name}.log"));
         let bin = corridor().to_string_lossy().into_owned();
         let config_s = config.to_string_lossy().into_owned();
         let pid = self.spawn(ns, &[&bin, "gateway", "run", "--config", &config_s], &log);
-        let gw = Gateway {
+        Gateway {
             name: name.to_owned(),
             ns: ns.to_owned(),
             pid,
             socket,
             config,
             log,
-        };
-        gw.wait_ready(Duration::from_secs(15));
-        gw
+        }
     }
 
     /// Stops the processes the lab started (SIGTERM, then SIGKILL).

@@ -162,17 +162,7 @@ fn enroll_and_run(
     lines.insert(at + 2, format!("state-dir = \"{}\"", s(&state)));
     std::fs::write(&config, lines.join("\n") + "\n").unwrap();
 
-    let log = lab.dir().join(format!("{name}.log"));
-    let bin = s(corridor());
-    let pid = lab.spawn(ns, &[&bin, "gateway", "run", "--config", &s(&config)], &log);
-    let gw = Gateway {
-        name: name.to_owned(),
-        ns: ns.to_owned(),
-        pid,
-        socket,
-        config,
-        log,
-    };
+    let gw = lab.spawn_gateway(ns, name, config, socket);
     gw.wait_ready(Duration::from_secs(15));
     gw
 }

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use netns_tests::{Gateway, Lab, corridor, in_ns};
+use netns_tests::{Gateway, Lab, in_ns};
 
 use crate::common::{self, World};
 
@@ -30,18 +30,7 @@ pub(crate) fn spawn_gateway_with(
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(extra);
     std::fs::write(&config, text).unwrap();
-    let log = lab.dir().join(format!("{name}.log"));
-    let bin = corridor().to_string_lossy().into_owned();
-    let config_s = config.to_string_lossy().into_owned();
-    let pid = lab.spawn(ns, &[&bin, "gateway", "run", "--config", &config_s], &log);
-    Gateway {
-        name: name.to_owned(),
-        ns: ns.to_owned(),
-        pid,
-        socket,
-        config,
-        log,
-    }
+    lab.spawn_gateway(ns, name, config, socket)
 }
 
 /// Like `Lab::gateway`, with `extra` gateway.toml lines; waits until it answers.
