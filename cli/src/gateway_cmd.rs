@@ -59,6 +59,11 @@ pub(crate) enum GatewayCommand {
     },
 }
 
+/// `path` made absolute against the working directory (as given if that fails).
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
 pub(crate) fn run(cmd: GatewayCommand) -> Result<ExitCode> {
     match cmd {
         GatewayCommand::Run { config } => run_gateway(&config),
@@ -74,9 +79,11 @@ pub(crate) fn run(cmd: GatewayCommand) -> Result<ExitCode> {
             controller,
             token,
             config,
-            key_dir,
+            // Written into the configuration, which resolves relative paths against its own
+            // directory: a path given relative to where the command ran must not change meaning.
+            key_dir: key_dir.map(absolute),
             listen,
-            state_dir,
+            state_dir: state_dir.map(absolute),
             force,
         }),
         GatewayCommand::ApplyBundle { file, config } => apply_bundle(&file, &config),
