@@ -8,6 +8,7 @@ mod heal;
 pub mod metrics;
 pub mod netns;
 mod runtime;
+mod steer;
 mod summary;
 pub mod tun;
 mod wan;
