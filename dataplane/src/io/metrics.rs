@@ -764,6 +764,7 @@ mod tests {
             last_reload_error: Some("x".into()),
             configs_applied: 3,
             controller: None,
+            workers: Vec::new(),
         }
     }
 
