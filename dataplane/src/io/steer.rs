@@ -27,7 +27,7 @@ use super::IoError;
 use crate::engine::IndexShard;
 
 // Classic BPF opcodes (linux/bpf_common.h).
-const LDB_ABS: u16 = 0x00 | 0x10 | 0x20; // BPF_LD | BPF_B | BPF_ABS
+const LDB_ABS: u16 = 0x10 | 0x20; // BPF_LD (0) | BPF_B | BPF_ABS
 const JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
 const JA: u16 = 0x05; // BPF_JMP | BPF_JA
 const MOD_K: u16 = 0x04 | 0x90; // BPF_ALU | BPF_MOD | BPF_K
@@ -64,7 +64,18 @@ fn os(what: &'static str) -> impl FnOnce(nix::Error) -> IoError {
 
 /// Binds `workers` (at least 2) UDP sockets to `addr` as one reuseport group, in worker order,
 /// and attaches the steering program. With port 0, all take the port the first one got.
+///
+/// A reuseport group takes in any later socket of the same user that asks for `SO_REUSEPORT`
+/// on the same address: a second gateway started by mistake would silently share the port and
+/// get some of the first one's datagrams. So the address is first bound once without
+/// `SO_REUSEPORT`, which fails (`AddrInUse`) if anything holds the port, group or not, and a
+/// second gateway (which does the same) is refused as it would be with one worker. Between that
+/// probe and the group's bind the port is free for a moment; the group then stays open to
+/// deliberate joiners of the same user (root), which is no boundary for root anyway.
 pub(crate) fn bind_group(addr: SocketAddr, workers: u8) -> Result<Vec<UdpSocket>, IoError> {
+    if addr.port() != 0 {
+        drop(UdpSocket::bind(addr).map_err(|source| IoError::Bind { addr, source })?);
+    }
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -130,7 +141,7 @@ mod tests {
             for worker in 0..workers {
                 let shard = IndexShard::new(worker, workers).unwrap();
                 for (ty, at, len) in [(4u8, 4usize, 64usize), (3, 4, 64), (2, 8, 92)] {
-                    for raw in [0x12_3456u32, 0xff_ffff, 7, 0x80_0001] {
+                    for raw in [0x0012_3456u32, 0x00ff_ffff, 7, 0x0080_0001] {
                         let index = shard.place(raw);
                         let mut d = vec![0u8; len];
                         d[0] = ty;
@@ -148,6 +159,12 @@ mod tests {
                 }
             }
             assert_eq!(sent, usize::from(workers) * 12);
+            // The port is taken: another group (another gateway) cannot join this one.
+            let again = bind_group(to, workers);
+            assert!(
+                matches!(&again, Err(IoError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse),
+                "{again:?}"
+            );
             // Initiations go by hash: to some socket of the group, and only one.
             let mut init = vec![0u8; 148];
             init[0] = 1;
