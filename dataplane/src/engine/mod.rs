@@ -1595,7 +1595,15 @@ mod shard_tests {
         for workers in 1..=12u8 {
             for worker in 0..workers {
                 let shard = IndexShard::new(worker, workers).unwrap_or(IndexShard::WHOLE);
-                for raw in [0, 1, 0xff, 0x1234_56, 0xff_ffff, 0xab_cdfe, 0x80_0080] {
+                for raw in [
+                    0,
+                    1,
+                    0xff,
+                    0x0012_3456,
+                    0x00ff_ffff,
+                    0x00ab_cdfe,
+                    0x0080_0080,
+                ] {
                     let index = shard.place(raw);
                     assert!(index <= 0xff_ffff);
                     assert_eq!(index & 0xff_ff00, raw & 0xff_ff00);
