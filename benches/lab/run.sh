@@ -30,6 +30,8 @@
 # corridor1, 10.77.1.1 <-> .2), one iperf3 stream per tenant at the same time, first with
 # `workers = 1`, then with `workers = 2`, in the same run; prints each tenant's Gbit/s, the
 # aggregate, and the ratio of the aggregates. Without IMPL it runs only this comparison.
+# KEEP_STATUS=PREFIX keeps gateway B's `corridor status --json` of each as PREFIX-w1.json and
+# PREFIX-w2.json (per worker: its tenants, datagrams received, handed over).
 set -u
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -39,7 +41,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --seconds) [ $# -ge 2 ] || die "--seconds needs a number"; SECS=$2; shift 2 ;;
     --workers) WORKERS_CMP=1; shift ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     plain|corridor|wireguard-go|boringtun|tinc|nebula) IMPLS+=("$1"); shift ;;
     *) die "unknown argument $1 (IMPL: plain corridor wireguard-go boringtun tinc nebula)" ;;
   esac
