@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # corridor beside its peers, in one run, on one topology.
 #
-#   sudo benches/lab/run.sh [--seconds N] [IMPL ...]
+#   sudo benches/lab/run.sh [--seconds N] [--workers] [IMPL ...]
 #
 # IMPL: plain (the veth itself, no tunnel), corridor, wireguard-go, boringtun, tinc, nebula.
 # Default: all of them. Each one gets the topology of ../shared/lab/peers.sh (sourced from the
@@ -25,21 +25,29 @@
 # reported as such; install them with:
 #   apt-get install -y wireguard-go wireguard-tools iperf3 tinc nebula
 #   cargo install boringtun-cli --locked
+#
+# --workers: corridor's packet workers. Two tenants on the same two gateways (the second on
+# corridor1, 10.77.1.1 <-> .2), one iperf3 stream per tenant at the same time, first with
+# `workers = 1`, then with `workers = 2`, in the same run; prints each tenant's Gbit/s, the
+# aggregate, and the ratio of the aggregates. Without IMPL it runs only this comparison.
+# KEEP_STATUS=PREFIX keeps gateway B's `corridor status --json` of each as PREFIX-w1.json and
+# PREFIX-w2.json (per worker: its tenants, datagrams received, handed over).
 set -u
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
-SECS=8; IMPLS=()
+SECS=8; IMPLS=(); WORKERS_CMP=
 while [ $# -gt 0 ]; do
   case $1 in
     --seconds) [ $# -ge 2 ] || die "--seconds needs a number"; SECS=$2; shift 2 ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --workers) WORKERS_CMP=1; shift ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     plain|corridor|wireguard-go|boringtun|tinc|nebula) IMPLS+=("$1"); shift ;;
     *) die "unknown argument $1 (IMPL: plain corridor wireguard-go boringtun tinc nebula)" ;;
   esac
 done
 case $SECS in ''|*[!0-9]*|0) die "--seconds takes a whole number of seconds, at least 1" ;; esac
-[ ${#IMPLS[@]} -gt 0 ] || IMPLS=(plain corridor wireguard-go boringtun tinc nebula)
+[ ${#IMPLS[@]} -gt 0 ] || [ -n "$WORKERS_CMP" ] || IMPLS=(plain corridor wireguard-go boringtun tinc nebula)
 
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel 2>/dev/null) ||
   die "cannot find the repository root (run it from a checkout of corridor)"
@@ -81,9 +89,42 @@ installed() {
 }
 
 # Two gateways of one tenant: gw-a in lab-a, gw-b in lab-b; keys made by `corridor keys generate`.
+# With $1 = 2, a second tenant "lab2" on corridor1 (10.77.1.1 <-> .2); $2 = the gateways'
+# `workers` setting (default: theirs, "auto").
 up_corridor() {
-  local d="$WORK/corridor" ka kb s ns
+  local d="$WORK/corridor" ka kb s ns tenants=${1:-1} workers=${2:-}
+  rm -rf "$d"
   mkdir -p "$d/policy/tenants" || return 1
+  if [ "$tenants" = 2 ]; then
+    cat >"$d/policy/tenants/lab2.toml" <<EOF
+name = "lab2"
+address-space = ["10.77.1.0/24"]
+
+[[endpoint]]
+name = "app2-a"
+gateway = "gw-a"
+netns = "$A"
+interface = "corridor1"
+addresses = ["10.77.1.1/32"]
+
+[[endpoint]]
+name = "app2-b"
+gateway = "gw-b"
+netns = "$B"
+interface = "corridor1"
+addresses = ["10.77.1.2/32"]
+
+[[allow]]
+from = "app2-a"
+to = "app2-b"
+protocol = "tcp"
+
+[[allow]]
+from = "app2-a"
+to = "app2-b"
+protocol = "icmp"
+EOF
+  fi
   cat >"$d/policy/tenants/lab.toml" <<EOF
 name = "lab"
 address-space = ["10.77.0.0/24"]
@@ -122,11 +163,13 @@ EOF
     if [ $s = a ]; then ns=$A; else ns=$B; fi
     printf 'name = "gw-%s"\nkey-dir = "%s"\nlisten = "0.0.0.0:51820"\ncontrol-socket = "%s"\npolicy = "%s"\nmtu = 1420\n' \
       $s "$d/keys/gw-$s" "$d/gw-$s.sock" "$d/policy" >"$d/gw-$s.toml"
+    [ -n "$workers" ] && echo "workers = $workers" >>"$d/gw-$s.toml"
     ip netns exec "$ns" env RUST_LOG=warn "$CORRIDOR" gateway run --config "$d/gw-$s.toml" \
       </dev/null >"$d/gw-$s.log" 2>&1 &
   done
   for _ in $(seq 1 50); do
     ip -n "$A" link show corridor0 >/dev/null 2>&1 && ip -n "$B" link show corridor0 >/dev/null 2>&1 &&
+      { [ "$tenants" = 1 ] || { ip -n "$A" link show corridor1 && ip -n "$B" link show corridor1; } >/dev/null 2>&1; } &&
       { echo "$IB"; return 0; }
     sleep 0.2
   done
@@ -184,6 +227,7 @@ done
 ratio() { awk -v c="${1:-}" -v x="${2:-}" 'BEGIN {
   if (c ~ /^[0-9.]+$/ && x ~ /^[0-9.]+$/ && x > 0) printf "%.2fx", c / x; else print "-" }'; }
 
+if [ ${#IMPLS[@]} -gt 0 ]; then
 echo
 echo "corridor lab, $(date -u +%Y-%m-%d), ${CPU_MODEL:-unknown CPU}, $(nproc) CPUs, kernel $(uname -r)"
 echo "iperf3 lab-a -> lab-b through each tunnel, $SECS s per run, MTU 1420; CPU = the tunnel's processes"
@@ -201,4 +245,50 @@ if [ -n "$CEILING" ]; then
     if (c1 ~ /^[0-9.]+$/ && a > 0) printf "corridor reaches %.1f%% of it with 1 stream, %.1f%% with 4 streams\n", 100 * c1 / a, 100 * c4 / a }'
 else
   echo "AEAD ceiling: not measured (no corridor binary)"
+fi
+fi
+
+# --workers: two tenants, one stream each at the same time, workers = 1 then 2.
+rate_of() { python3 -c 'import json,sys
+try:
+    e=json.load(open(sys.argv[1]))["end"]; print(round((e.get("sum_received") or e["sum"])["bits_per_second"]/1e9,3))
+except Exception: print("failed")' "$1"; }
+if [ -n "$WORKERS_CMP" ]; then
+  if ! installed corridor; then
+    echo "workers comparison: corridor not built (no cargo here: set CORRIDOR_BIN)"
+    exit 0
+  fi
+  declare -A W1 W2 WT
+  for w in 1 2; do
+    echo "corridor, two tenants, workers = $w ..." >&2
+    lab_up || die "cannot create the namespaces"
+    if ! up_corridor 2 "$w" >/dev/null 2>&1 || ! wait_ping "$IB" || ! wait_ping 10.77.1.2; then
+      echo "workers = $w: the tunnels did not come up" >&2; cat "$WORK"/corridor/gw-*.log >&2; lab_down; continue
+    fi
+    ip netns exec "$B" iperf3 -s -1 -D -B "$IB" -p 5201 >/dev/null 2>&1
+    ip netns exec "$B" iperf3 -s -1 -D -B 10.77.1.2 -p 5202 >/dev/null 2>&1
+    sleep 0.5
+    ip netns exec "$A" timeout $((SECS + 10)) iperf3 -c "$IB" -p 5201 -t "$SECS" -J >"$WORK/w$w-1.json" 2>/dev/null &
+    p1=$!
+    ip netns exec "$A" timeout $((SECS + 10)) iperf3 -c 10.77.1.2 -p 5202 -t "$SECS" -J >"$WORK/w$w-2.json" 2>/dev/null &
+    p2=$!
+    wait $p1 $p2
+    W1[$w]=$(rate_of "$WORK/w$w-1.json"); W2[$w]=$(rate_of "$WORK/w$w-2.json")
+    WT[$w]=$(awk -v a="${W1[$w]}" -v b="${W2[$w]}" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/) print a + b; else print "failed" }')
+    ip netns exec "$B" "$CORRIDOR" status --socket "$WORK/corridor/gw-b.sock" --json >"$WORK/w$w-status.json" 2>/dev/null || true
+    [ -n "${KEEP_STATUS:-}" ] && cp "$WORK/w$w-status.json" "$KEEP_STATUS-w$w.json"
+    lab_down
+    sleep 1
+  done
+  echo
+  echo "corridor workers, $(date -u +%Y-%m-%d), ${CPU_MODEL:-unknown CPU}, $(nproc) CPUs, kernel $(uname -r)"
+  echo "two tenants on the same two gateways, one iperf3 stream each at the same time, $SECS s, MTU 1420"
+  printf '%-12s %12s %12s %12s\n' "" "tenant lab" "tenant lab2" "aggregate"
+  printf '%-12s %12s %12s %12s\n' "workers" "Gbit/s" "Gbit/s" "Gbit/s"
+  for w in 1 2; do
+    printf '%-12s %12s %12s %12s\n' "$w" "${W1[$w]:-failed}" "${W2[$w]:-failed}" "${WT[$w]:-failed}"
+  done
+  awk -v a="${WT[1]:-}" -v b="${WT[2]:-}" 'BEGIN {
+    if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && a > 0) printf "workers = 2 carries %.2fx the aggregate of workers = 1\n", b / a
+    else print "ratio: -" }'
 fi

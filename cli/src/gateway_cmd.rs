@@ -12,7 +12,7 @@ use controlplane::compile::compile_gateway;
 use controlplane::gateway_config::{self, DEFAULT_PATH, GatewayConfig, Mode};
 use controlplane::keys::load_gateway_keys;
 use controlplane::policy::Policy;
-use dataplane::io::{GatewayPlan, InterfaceSpec, MissingNetns, Runtime, RuntimeConfig};
+use dataplane::io::{GatewayPlan, InterfaceSpec, MissingNetns, Runtime, RuntimeConfig, Workers};
 
 /// `corridor gateway ...`
 #[derive(Debug, clap::Subcommand)]
@@ -233,6 +233,10 @@ fn run_gateway(config_path: &Path) -> Result<ExitCode> {
         missing_netns: match config.missing_netns {
             gateway_config::MissingNetns::Fail => MissingNetns::Fail,
             gateway_config::MissingNetns::Wait => MissingNetns::Wait,
+        },
+        workers: match config.workers {
+            gateway_config::Workers::Auto => Workers::Auto,
+            gateway_config::Workers::Count(n) => Workers::Count(n),
         },
     };
     match mode {

@@ -350,6 +350,27 @@ pub(crate) fn render(r: &StatusReport) -> String {
         io.tun_tx_no_interface,
         io.interface_errors
     );
+    if r.workers.len() > 1 {
+        let _ = write!(s, "\nworkers: {}", r.workers.len());
+        for w in &r.workers {
+            let _ = write!(
+                s,
+                "\n  worker {}  tenants {}  wan rx {} tx {} (handed over {}), interfaces rx {} tx {}{}",
+                w.worker,
+                if w.tenants.is_empty() {
+                    "none".to_owned()
+                } else {
+                    w.tenants.join(", ")
+                },
+                w.io.udp_rx,
+                w.io.udp_tx,
+                w.io.udp_rx_handed_over,
+                w.io.tun_rx,
+                w.io.tun_tx,
+                if w.answered { "" } else { "  (did not answer)" }
+            );
+        }
+    }
     s
 }
 
@@ -438,6 +459,7 @@ mod tests {
             last_reload_error: Some("the policy is invalid".into()),
             configs_applied: 3,
             controller: None,
+            workers: Vec::new(),
         }
     }
 

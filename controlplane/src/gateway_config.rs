@@ -45,6 +45,12 @@ pub struct GatewayConfig {
     /// An app whose namespace does not exist at start (or at a reload that adds it).
     #[serde(default)]
     pub missing_netns: MissingNetns,
+    /// How many worker threads carry packets: `"auto"` (the default: one per online CPU, no
+    /// more than the tenants the gateway starts with) or a number from 1 to 64. Each worker
+    /// serves a disjoint set of tenants, so no flow is ever reordered; `1` runs everything on
+    /// one thread.
+    #[serde(default, deserialize_with = "de_workers")]
+    pub workers: Workers,
     /// Controller mode: where this gateway's bundles come from (excludes `policy`).
     pub controller: Option<ControllerSection>,
 }
@@ -147,6 +153,46 @@ pub enum MissingNetns {
     /// Start without that app's interface and create it when the namespace appears (for
     /// service managers, which may start the gateway before the containers).
     Wait,
+}
+
+/// The `workers` setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Workers {
+    /// One per online CPU, capped by the number of tenants.
+    #[default]
+    Auto,
+    /// Exactly this many (1 to 64).
+    Count(u8),
+}
+
+fn de_workers<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Workers, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Workers;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("\"auto\" or a number of workers from 1 to 64")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Workers, E> {
+            match u8::try_from(v) {
+                Ok(n @ 1..=64) => Ok(Workers::Count(n)),
+                _ => Err(E::custom(format!(
+                    "{v}: workers must be \"auto\" or a number from 1 to 64"
+                ))),
+            }
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Workers, E> {
+            self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Workers, E> {
+            match v {
+                "auto" => Ok(Workers::Auto),
+                _ => Err(E::custom(format!(
+                    "{v:?}: workers must be \"auto\" or a number from 1 to 64"
+                ))),
+            }
+        }
+    }
+    de.deserialize_any(V)
 }
 
 fn default_listen() -> SocketAddr {
@@ -407,6 +453,28 @@ mod tests {
         assert_eq!(c.mtu, 1420);
         assert_eq!(c.metrics, None);
         assert_eq!(c.missing_netns, MissingNetns::Fail);
+    }
+
+    #[test]
+    fn workers_auto_or_a_number() {
+        let p = Path::new("gw.toml");
+        let parse = |extra: &str| {
+            GatewayConfig::parse(&format!("name = \"e\"\nkey-dir = \"k\"\n{extra}"), p)
+        };
+        assert_eq!(parse("").unwrap().workers, Workers::Auto);
+        assert_eq!(
+            parse("workers = \"auto\"\n").unwrap().workers,
+            Workers::Auto
+        );
+        assert_eq!(parse("workers = 2\n").unwrap().workers, Workers::Count(2));
+        for bad in ["workers = 0\n", "workers = 65\n", "workers = \"many\"\n"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("gw.toml:3:"), "{e}");
+            assert!(
+                e.contains("workers must be \"auto\" or a number from 1 to 64"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

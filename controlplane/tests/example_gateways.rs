@@ -95,7 +95,7 @@ fn broken_gateway_configs_name_file_line_column_and_field() {
             4,
             1,
             "lisen",
-            "unknown field `lisen`, expected one of `name`, `key-dir`, `listen`, `control-socket`, `policy`, `mtu`, `metrics`, `missing-netns`, `controller`",
+            "unknown field `lisen`, expected one of `name`, `key-dir`, `listen`, `control-socket`, `policy`, `mtu`, `metrics`, `missing-netns`, `workers`, `controller`",
         ),
         (
             "bad-listen.toml",

@@ -56,6 +56,15 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// `workers = N` when `CORRIDOR_TEST_WORKERS=N` is set, so that the whole suite can run with
+/// one worker and with several (unset: the gateway's default, "auto": on a two-CPU machine two
+/// workers for the two tenants of the standard world).
+pub fn workers_override() -> String {
+    std::env::var("CORRIDOR_TEST_WORKERS")
+        .map(|n| format!("workers = {}\n", n.trim()))
+        .unwrap_or_default()
+}
+
 /// The corridor binary under test: `CORRIDOR_BIN` if set, else a release build made once.
 pub fn corridor() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -281,11 +290,24 @@ impl Lab {
     /// Starts `corridor gateway run` for gateway `name` in namespace `ns`, listening on
     /// `listen`, serving `policy` with the keys of [`Lab::key_dir`]; waits until it answers.
     pub fn gateway(&mut self, ns: &str, name: &str, listen: &str, policy: &Path) -> Gateway {
+        self.gateway_with(ns, name, listen, policy, &workers_override())
+    }
+
+    /// [`Lab::gateway`] with `extra` lines appended to its configuration file (e.g.
+    /// `workers = 2`).
+    pub fn gateway_with(
+        &mut self,
+        ns: &str,
+        name: &str,
+        listen: &str,
+        policy: &Path,
+        extra: &str,
+    ) -> Gateway {
         let socket = self.dir().join(format!("{name}.sock"));
         let config = self.write(
             &format!("{name}.toml"),
             &format!(
-                "name = \"{name}\"\nkey-dir = \"{}\"\nlisten = \"{listen}\"\ncontrol-socket = \"{}\"\npolicy = \"{}\"\n",
+                "name = \"{name}\"\nkey-dir = \"{}\"\nlisten = \"{listen}\"\ncontrol-socket = \"{}\"\npolicy = \"{}\"\n{extra}",
                 self.key_dir(name).display(),
                 socket.display(),
                 policy.display()
@@ -602,10 +624,11 @@ impl Lab {
         self.write(
             file,
             &format!(
-                "name = \"{name}\"\nkey-dir = \"{}\"\nlisten = \"{listen}\"\ncontrol-socket = \"{}\"\npolicy = \"{}\"\n",
+                "name = \"{name}\"\nkey-dir = \"{}\"\nlisten = \"{listen}\"\ncontrol-socket = \"{}\"\npolicy = \"{}\"\n{}",
                 self.key_dir(name).display(),
                 socket.display(),
-                policy.display()
+                policy.display(),
+                workers_override()
             ),
         )
     }

@@ -98,6 +98,13 @@ impl Drops {
         self.0[reason as usize]
     }
 
+    /// Adds another set of counters (another worker's, for status).
+    pub fn add(&mut self, other: &Drops) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = a.saturating_add(b);
+        }
+    }
+
     /// All drops.
     pub fn total(&self) -> u64 {
         self.0.iter().sum()

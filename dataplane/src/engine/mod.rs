@@ -374,6 +374,8 @@ pub struct Engine {
     next_retire: Option<Instant>,
     next_sweep: Option<Instant>,
     scratch: Vec<u8>,
+    /// Which receiver indices this engine hands out (see [`IndexShard`]).
+    shard: IndexShard,
 }
 
 impl std::fmt::Debug for Engine {
@@ -451,6 +453,17 @@ impl Engine {
             next_retire: None,
             next_sweep: None,
             scratch: vec![0; MAX_PACKET + OVERHEAD],
+            shard: IndexShard::WHOLE,
+        }
+    }
+
+    /// An engine whose sessions get receiver indices of `shard` only, so that the I/O layer
+    /// (which may run one engine per thread) can tell the owner of a datagram from its
+    /// header alone. [`Engine::new`] is the engine of a whole gateway.
+    pub fn with_shard(shard: IndexShard) -> Self {
+        Engine {
+            shard,
+            ..Engine::new()
         }
     }
 
@@ -479,18 +492,15 @@ impl Engine {
             .map(|t| t.public.to_bytes())
     }
 
-    /// Replaces the configuration, atomically: either all of it applies or none. Sessions whose
-    /// tenant key, peer key, preshared key and keepalive are unchanged survive with their
-    /// counters and learned endpoint; tracked connections survive where the new policy still
-    /// allows them. A peer (same tenant, same peer name) whose key material changed gets a new
-    /// session, and its old one *retires* rather than ends, so a key rotation loses no traffic
-    /// (see [`ApplyReport::sessions_retiring`]); a peer or tenant that is gone ends at once.
-    pub fn apply(
-        &mut self,
-        config: &EngineConfig,
-        now: Instant,
-    ) -> Result<ApplyReport, ConfigError> {
-        // Phase 1: validate and build everything that can fail, touching nothing.
+    /// Whether [`Engine::apply`] would take `config`, touching nothing. Any subset of the
+    /// tenants of a config that passes passes too: the I/O layer checks a whole plan once
+    /// before it hands each thread's engine its share, so that a refusal changes nothing
+    /// anywhere.
+    pub fn check(config: &EngineConfig) -> Result<(), ConfigError> {
+        Self::validate(config).map(drop)
+    }
+
+    fn validate(config: &EngineConfig) -> Result<Vec<TenantPlan>, ConfigError> {
         let plans = config
             .tenants
             .iter()
@@ -509,6 +519,22 @@ impl Engine {
                 return Err(ConfigError::SharedKey(other.to_owned(), t.name.clone()));
             }
         }
+        Ok(plans)
+    }
+
+    /// Replaces the configuration, atomically: either all of it applies or none. Sessions whose
+    /// tenant key, peer key, preshared key and keepalive are unchanged survive with their
+    /// counters and learned endpoint; tracked connections survive where the new policy still
+    /// allows them. A peer (same tenant, same peer name) whose key material changed gets a new
+    /// session, and its old one *retires* rather than ends, so a key rotation loses no traffic
+    /// (see [`ApplyReport::sessions_retiring`]); a peer or tenant that is gone ends at once.
+    pub fn apply(
+        &mut self,
+        config: &EngineConfig,
+        now: Instant,
+    ) -> Result<ApplyReport, ConfigError> {
+        // Phase 1: validate and build everything that can fail, touching nothing.
+        let plans = Self::validate(config)?;
 
         // Phase 2: infallible from here on.
         let mut report = ApplyReport::default();
@@ -604,7 +630,7 @@ impl Engine {
                     }
                     None => {
                         report.sessions_new += 1;
-                        let index = fresh_index(&used_indices, &self.sessions);
+                        let index = fresh_index(self.shard, &used_indices, &self.sessions);
                         let mut tunn = Box::new(Tunn::new(
                             secret.clone(),
                             PublicKey::from(pc.public_key),
@@ -1051,13 +1077,108 @@ impl Engine {
     }
 }
 
-/// A fresh 24-bit session index, unique on this gateway.
-fn fresh_index(taken: &HashMap<u32, Slot>, old: &HashMap<u32, Slot>) -> u32 {
+/// A fresh 24-bit session index of `shard`, unique in this engine (and so on this gateway:
+/// the indices of different shards differ in their low bits).
+fn fresh_index(shard: IndexShard, taken: &HashMap<u32, Slot>, old: &HashMap<u32, Slot>) -> u32 {
     loop {
-        let i = rand_core::OsRng.next_u32() & 0x00ff_ffff;
+        let i = shard.place(rand_core::OsRng.next_u32() & 0x00ff_ffff);
         if !taken.contains_key(&i) && !old.contains_key(&i) {
             return i;
         }
+    }
+}
+
+/// The share of the receiver-index space one engine allocates from, when a gateway runs one
+/// engine per thread ("worker").
+///
+/// boringtun puts `index << 8 | n` on the wire (`n` counts the session's handshakes), so the
+/// index's low byte is the wire index's second byte (byte 5 of a data or cookie message, byte 9
+/// of a handshake response, little-endian). An engine of worker `w` out of `n` hands out only
+/// indices whose low byte is `w` modulo `n`: a reuseport socket filter can then steer a
+/// datagram to its worker with one byte load and one modulo, and [`IndexShard::owner`] says
+/// the same in Rust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexShard {
+    worker: u8,
+    workers: u8,
+}
+
+impl IndexShard {
+    /// The whole index space: one engine serves the gateway.
+    pub const WHOLE: IndexShard = IndexShard {
+        worker: 0,
+        workers: 1,
+    };
+
+    /// Worker `worker` of `workers` (1 to 255 workers). `None` if out of range.
+    pub fn new(worker: u8, workers: u8) -> Option<Self> {
+        (workers >= 1 && worker < workers).then_some(IndexShard { worker, workers })
+    }
+
+    /// Which worker this shard is.
+    pub fn worker(self) -> u8 {
+        self.worker
+    }
+
+    /// How many workers share the index space.
+    pub fn workers(self) -> u8 {
+        self.workers
+    }
+
+    /// The worker that allocated a session index (the 24-bit value given to boringtun).
+    pub fn index_owner(index: u32, workers: u8) -> u8 {
+        ((index & 0xff) % u32::from(workers.max(1))) as u8
+    }
+
+    /// The worker that owns a WAN datagram, by the receiver index in its header: data (type 4)
+    /// and cookie replies (type 3) at bytes 4..8, handshake responses (type 2) at 8..12.
+    /// `None` for an initiation (type 1, no receiver index: find its tenant by mac1) and for
+    /// anything too short or of another type.
+    pub fn owner(datagram: &[u8], workers: u8) -> Option<u8> {
+        let at = match datagram.first()? {
+            3 | 4 => 4,
+            2 => 8,
+            _ => return None,
+        };
+        let wire: [u8; 4] = datagram.get(at..at + 4)?.try_into().ok()?;
+        Some(Self::index_owner(u32::from_le_bytes(wire) >> 8, workers))
+    }
+
+    /// `raw` (24 bits) moved into this shard: its low byte replaced by the nearest value below
+    /// it that belongs to this worker.
+    pub(crate) fn place(self, raw: u32) -> u32 {
+        let n = u32::from(self.workers.max(1));
+        let low = raw & 0xff;
+        let mut owned = low - low % n + u32::from(self.worker);
+        if owned > 0xff {
+            owned -= n;
+        }
+        (raw & 0x00ff_ff00) | owned
+    }
+}
+
+/// A tenant identity's mac1 key (keyed by the tenant's public key): which tenant a handshake
+/// initiation is meant for, found before any Diffie-Hellman is spent. The I/O layer uses it
+/// to pass an initiation to the thread that serves the tenant.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Mac1Identity([u8; 32]);
+
+impl std::fmt::Debug for Mac1Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mac1Identity(..)")
+    }
+}
+
+impl Mac1Identity {
+    /// The identity of a tenant's private key.
+    pub fn of(private_key: &SecretKey) -> Self {
+        let secret = StaticSecret::from(*private_key.as_bytes());
+        Mac1Identity(mac1_key(&PublicKey::from(&secret)))
+    }
+
+    /// Whether `datagram` (a handshake initiation) carries a valid mac1 for this identity.
+    pub fn matches(&self, datagram: &[u8]) -> bool {
+        mac1_matches(&self.0, datagram)
     }
 }
 
@@ -1462,5 +1583,49 @@ impl Tenant {
             port,
             len: flow.len,
         })
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::IndexShard;
+
+    #[test]
+    fn placed_indices_belong_to_their_worker_and_the_header_says_so() {
+        for workers in 1..=12u8 {
+            for worker in 0..workers {
+                let shard = IndexShard::new(worker, workers).unwrap_or(IndexShard::WHOLE);
+                for raw in [
+                    0,
+                    1,
+                    0xff,
+                    0x0012_3456,
+                    0x00ff_ffff,
+                    0x00ab_cdfe,
+                    0x0080_0080,
+                ] {
+                    let index = shard.place(raw);
+                    assert!(index <= 0xff_ffff);
+                    assert_eq!(index & 0xff_ff00, raw & 0xff_ff00);
+                    assert_eq!(IndexShard::index_owner(index, workers), worker);
+                    // As boringtun puts it on the wire: index << 8 | a rotating byte.
+                    let wire = (index << 8 | 0x5a).to_le_bytes();
+                    let mut data = [0u8; 32];
+                    data[0] = 4;
+                    data[4..8].copy_from_slice(&wire);
+                    assert_eq!(IndexShard::owner(&data, workers), Some(worker));
+                    data[0] = 3;
+                    assert_eq!(IndexShard::owner(&data, workers), Some(worker));
+                    let mut response = [0u8; 92];
+                    response[0] = 2;
+                    response[8..12].copy_from_slice(&wire);
+                    assert_eq!(IndexShard::owner(&response, workers), Some(worker));
+                }
+            }
+        }
+        assert_eq!(IndexShard::owner(&[1; 148], 2), None);
+        assert_eq!(IndexShard::owner(&[4, 0, 0], 2), None);
+        assert_eq!(IndexShard::new(2, 2), None);
+        assert_eq!(IndexShard::new(0, 0), None);
     }
 }

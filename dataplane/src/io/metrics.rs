@@ -438,6 +438,18 @@ pub fn render(r: &StatusReport) -> String {
         &[],
         io.interface_errors,
     );
+    o.family(
+        "corridor_workers",
+        "gauge",
+        "Packet worker threads (gateway.toml `workers`).",
+    );
+    o.sample("corridor_workers", &[], r.workers.len().max(1) as u64);
+    o.family(
+        "corridor_wan_handed_over_total",
+        "counter",
+        "Datagrams a worker received for another worker's tenant and handed over (handshake initiations, mixed GRO batches).",
+    );
+    o.sample("corridor_wan_handed_over_total", &[], io.udp_rx_handed_over);
     o.0
 }
 
@@ -764,6 +776,7 @@ mod tests {
             last_reload_error: Some("x".into()),
             configs_applied: 3,
             controller: None,
+            workers: Vec::new(),
         }
     }
 

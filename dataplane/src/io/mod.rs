@@ -8,6 +8,8 @@ mod heal;
 pub mod metrics;
 pub mod netns;
 mod runtime;
+mod shard;
+mod steer;
 mod summary;
 pub mod tun;
 mod wan;
@@ -17,8 +19,8 @@ use std::time::Duration;
 
 pub use control::{ControlRequest, query as query_control};
 pub use runtime::{
-    ControllerStatus, GatewayPlan, InterfaceState, InterfaceStatus, IoCounters, MissingNetns,
-    PlanSource, Runtime, RuntimeConfig, StatusReport,
+    ControllerStatus, GatewayPlan, InterfaceState, InterfaceStatus, IoCounters, MAX_WORKERS,
+    MissingNetns, PlanSource, Runtime, RuntimeConfig, StatusReport, WorkerStatus, Workers,
 };
 pub use summary::SUMMARY_EVERY;
 pub use tun::{DEFAULT_IFNAME, DEFAULT_MTU, InterfaceSpec};

@@ -1,49 +1,52 @@
-//! The gateway's event loop: one thread, one poll, every TUN device and the WAN socket in it.
+//! The gateway's packet runtime: signals, the control socket, metrics and plans in one place,
+//! packets in one or more workers ([`super::shard`]).
 //!
-//! Each readiness event is drained to `WouldBlock`, each packet goes straight through the engine
-//! and out again: no channel, no task hop, no allocation per packet. Signals arrive through the
-//! same poll: SIGHUP reloads (atomically: a refused plan changes nothing), SIGTERM and SIGINT
-//! stop; dropping the runtime closes the TUN devices, which removes the interfaces.
+//! Each worker drains each readiness event to `WouldBlock`, and each packet goes straight
+//! through its engine and out again: no channel, no task hop, no lock, no allocation per
+//! packet. With `workers = 1` the one worker runs on this thread in the same poll as everything
+//! else. With more, each runs on its own thread with its own tenants and WAN socket (the kernel
+//! steers datagrams to it, [`super::steer`]), and this thread keeps worker 0 besides the
+//! coordination.
 //!
-//! Besides packets, the loop keeps a one-second housekeeping tick (see [`super::heal`]: app
-//! namespaces that went away and came back), serves the control socket and, if configured, the
-//! metrics listener ([`super::metrics`]), and logs a drop summary ([`super::summary`]) instead
-//! of anything per packet.
+//! Signals arrive through the poll: SIGHUP reloads (atomically: a refused plan changes nothing,
+//! on any worker), SIGTERM and SIGINT stop; dropping the runtime stops the workers and closes
+//! the TUN devices, which removes the interfaces.
+//!
+//! Besides packets, each worker keeps a one-second housekeeping tick (see [`super::heal`]: app
+//! namespaces that went away and came back) and logs a drop summary of its tenants
+//! ([`super::summary`]) instead of anything per packet; this thread serves the control socket
+//! and, if configured, the metrics listener ([`super::metrics`]), both aggregated over the
+//! workers.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Token};
 use serde::{Deserialize, Serialize};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::os::unix::net::{UnixListener, UnixStream};
-use tun_rs::{IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
-use super::heal::{self, Probe, Watch};
 use super::metrics;
-use super::netns::NetnsId;
-use super::summary::{DropSummary, SUMMARY_EVERY};
-use super::tun::{self, InterfaceSpec};
-use super::wan::{Sent, TxBatch, Wan};
-use super::{IoError, control};
+use super::shard::{Command, Identities, Mailbox, Reply, Shard, ShardStatus};
+use super::tun::InterfaceSpec;
+use super::{IoError, control, steer};
 use crate::config::EngineConfig;
-use crate::engine::{
-    AppOutcome, ApplyReport, Engine, EngineStats, MAX_PACKET, OVERHEAD, PortId, WanOutcome,
-};
+use crate::engine::{ApplyReport, Engine, EngineStats, Mac1Identity};
 
-const UDP: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const CONTROL: Token = Token(2);
 const METRICS: Token = Token(3);
-const TUN_BASE: usize = 1 << 20;
+pub(crate) const TUN_BASE: usize = 1 << 20;
 // Token ranges fit a 32-bit usize (armv7): ports below 1 << 26, control clients cycle through
 // 1 << 26 ids, metrics clients through 1 << 20 above HTTP_BASE.
-const CONN_BASE: usize = 1 << 26;
+pub(crate) const CONN_BASE: usize = 1 << 26;
 const HTTP_BASE: usize = 1 << 27;
 const WAKE: Token = Token(4);
 
@@ -117,6 +120,41 @@ pub struct RuntimeConfig {
     pub metrics: Option<SocketAddr>,
     /// An app whose namespace is missing at start or reload: refuse, or wait for it.
     pub missing_netns: MissingNetns,
+    /// How many worker threads carry packets.
+    pub workers: Workers,
+}
+
+/// How many worker threads carry packets; each serves a disjoint set of tenants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Workers {
+    /// One per online CPU, but no more than the tenants the gateway starts with (if it starts
+    /// with none, as a controller-mode gateway may, one per CPU), and at most [`MAX_WORKERS`].
+    #[default]
+    Auto,
+    /// Exactly this many (at least 1, at most [`MAX_WORKERS`]). 1 runs everything on one
+    /// thread, as corridor did before it had workers.
+    Count(u8),
+}
+
+/// The most workers a gateway runs.
+pub const MAX_WORKERS: u8 = 64;
+
+impl Workers {
+    /// The number of workers for a gateway that starts with `tenants` tenants.
+    pub fn resolve(self, tenants: usize) -> u8 {
+        let n = match self {
+            Workers::Count(n) => usize::from(n),
+            Workers::Auto => {
+                let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+                if tenants == 0 {
+                    cpus
+                } else {
+                    cpus.min(tenants)
+                }
+            }
+        };
+        n.clamp(1, usize::from(MAX_WORKERS)) as u8
+    }
 }
 
 /// What the gateway runs: the engine's configuration and the interfaces of local endpoints.
@@ -153,6 +191,30 @@ pub struct IoCounters {
     /// delivered them, there was nowhere to write them. Per interface in
     /// [`InterfaceStatus::missing_drops`].
     pub tun_tx_no_interface: u64,
+    /// Datagrams received by one worker and handed to the worker that serves their tenant:
+    /// handshake initiations (the kernel spreads them by hash), and segments of a UDP GRO
+    /// batch that the kernel assembled from datagrams of several workers' sessions. Always 0
+    /// with one worker.
+    pub udp_rx_handed_over: u64,
+    /// Datagrams that could not be handed over (the other worker is gone).
+    pub udp_rx_handover_failed: u64,
+}
+
+impl IoCounters {
+    /// Adds another worker's counters.
+    pub fn add(&mut self, o: &IoCounters) {
+        self.udp_rx += o.udp_rx;
+        self.udp_tx += o.udp_tx;
+        self.udp_tx_dropped += o.udp_tx_dropped;
+        self.udp_tx_errors += o.udp_tx_errors;
+        self.tun_rx += o.tun_rx;
+        self.tun_tx += o.tun_tx;
+        self.tun_tx_errors += o.tun_tx_errors;
+        self.interface_errors += o.interface_errors;
+        self.tun_tx_no_interface += o.tun_tx_no_interface;
+        self.udp_rx_handed_over += o.udp_rx_handed_over;
+        self.udp_rx_handover_failed += o.udp_rx_handover_failed;
+    }
 }
 
 /// Whether an app's interface is there.
@@ -221,42 +283,64 @@ pub struct StatusReport {
     /// The control channel, when the gateway is run by a controller.
     #[serde(default)]
     pub controller: Option<ControllerStatus>,
+    /// The worker threads: which tenants each serves and its own I/O counters (their sum is
+    /// `io`). One entry with one worker.
+    #[serde(default)]
+    pub workers: Vec<WorkerStatus>,
 }
 
-struct Iface {
-    spec: InterfaceSpec,
-    /// `None` while missing.
-    device: Option<SyncDevice>,
-    watch: Watch,
+/// One worker thread, for status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct WorkerStatus {
+    /// Its number (0 runs on the main thread).
+    pub worker: u8,
+    /// The tenants it serves.
+    pub tenants: Vec<String>,
+    /// Its I/O counters.
+    pub io: IoCounters,
+    /// False if it did not answer in time (its counters are then missing from the totals).
+    pub answered: bool,
 }
+
+/// A worker on a thread of its own: how to reach it, and where its answers come.
+#[derive(Debug)]
+struct Worker {
+    mailbox: Mailbox,
+    replies: Receiver<Reply>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long a worker may take to prepare or apply its share of a plan (creating interfaces
+/// runs `ip` in the apps' namespaces), and to answer a status request.
+const APPLY_WAIT: Duration = Duration::from_secs(60);
+const STATUS_WAIT: Duration = Duration::from_secs(2);
 
 /// A running gateway.
 pub struct Runtime {
     cfg: RuntimeConfig,
-    engine: Engine,
-    poll: Poll,
-    wan: Wan,
-    tx: TxBatch,
-    ifaces: HashMap<PortId, Iface>,
+    /// Worker 0: on this thread, in this poll.
+    shard: Shard,
+    /// Workers 1 and up.
+    others: Vec<Worker>,
+    /// Which worker serves which tenant: kept across reloads (so that no session moves), a
+    /// new tenant goes to the worker with the fewest.
+    assignment: HashMap<String, u8>,
+    /// The tenants in the order of the last plan (status lists them so).
+    order: Vec<String>,
     control: Option<UnixListener>,
     conns: HashMap<usize, (UnixStream, Vec<u8>)>,
     next_conn: usize,
     signals: Signals,
-    waker: std::sync::Arc<mio::Waker>,
+    waker: Arc<mio::Waker>,
     controller: Option<ControllerStatus>,
-    obuf: Vec<u8>,
-    fast: FastBuffers,
-    io: IoCounters,
     started: Instant,
     reloads: u64,
     reload_failures: u64,
     last_reload_error: Option<String>,
     configs_applied: u64,
     metrics: Option<metrics::Server>,
-    nsfs_dev: Option<u64>,
     next_housekeeping: Instant,
-    next_summary: Instant,
-    summary: DropSummary,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -264,7 +348,7 @@ impl std::fmt::Debug for Runtime {
         f.debug_struct("Runtime")
             .field("gateway", &self.cfg.gateway)
             .field("listen", &self.cfg.listen)
-            .field("interfaces", &self.ifaces.len())
+            .field("workers", &(self.others.len() + 1))
             .finish_non_exhaustive()
     }
 }
@@ -273,30 +357,58 @@ fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> IoError {
     move |source| IoError::Os { what, source }
 }
 
+fn gone(what: &'static str, worker: usize) -> IoError {
+    IoError::Os {
+        what,
+        source: std::io::Error::other(format!("worker {worker} did not answer")),
+    }
+}
+
 impl Runtime {
-    /// Binds the WAN socket, creates every interface and applies the configuration: all of it
-    /// or, on error, none of it (what was created is removed again).
+    /// Binds the WAN socket (with several workers, one per worker in a steered reuseport
+    /// group), starts the workers, creates every interface and applies the configuration: all
+    /// of it or, on error, none of it (what was created is removed again).
     pub fn start(cfg: RuntimeConfig, plan: GatewayPlan) -> Result<Self, IoError> {
-        let std_udp = UdpSocket::bind(cfg.listen).map_err(|source| IoError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-        let wan = Wan::new(std_udp).map_err(os("setting up the WAN socket"))?;
-        let tx = TxBatch::new(wan.max_gso_segments());
-        let poll = Poll::new().map_err(os("creating the event loop"))?;
-        poll.registry()
-            .register(
-                &mut SourceFd(&wan.socket().as_raw_fd()),
-                UDP,
-                Interest::READABLE,
-            )
-            .map_err(os("registering the WAN socket"))?;
+        let workers = cfg.workers.resolve(plan.engine.tenants.len());
+        let sockets = if workers == 1 {
+            vec![UdpSocket::bind(cfg.listen).map_err(|source| IoError::Bind {
+                addr: cfg.listen,
+                source,
+            })?]
+        } else {
+            steer::bind_group(cfg.listen, workers)?
+        };
+        let mut shards = Vec::with_capacity(sockets.len());
+        let mut mailboxes = Vec::with_capacity(sockets.len());
+        for (id, socket) in sockets.into_iter().enumerate() {
+            let (shard, mailbox) = Shard::new(id as u8, workers, socket, cfg.missing_netns)?;
+            shards.push(shard);
+            mailboxes.push(mailbox);
+        }
+        for shard in &mut shards {
+            shard.connect(mailboxes.clone());
+        }
+        let mut shards = shards.into_iter();
+        let Some(shard) = shards.next() else {
+            return Err(gone("starting the workers", 0));
+        };
+        let mut others = Vec::new();
+        for (worker, mailbox) in shards.zip(mailboxes.into_iter().skip(1)) {
+            let (tx, replies) = std::sync::mpsc::channel();
+            let thread = worker.spawn(tx)?;
+            others.push(Worker {
+                mailbox,
+                replies,
+                thread: Some(thread),
+            });
+        }
+        let poll = &shard.poll;
         let mut signals =
-            Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(os("installing signal handlers"))?;
+            Signals::new([SIGHUP, SIGINT, SIGTERM]).map_err(os("installing signal handlers"))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(os("registering signals"))?;
-        let waker = std::sync::Arc::new(
+        let waker = Arc::new(
             mio::Waker::new(poll.registry(), WAKE).map_err(os("creating the loop's waker"))?,
         );
         let control = match &cfg.control_socket {
@@ -329,45 +441,46 @@ impl Runtime {
         let now = Instant::now();
         let mut rt = Runtime {
             cfg,
-            engine: Engine::new(),
-            poll,
-            wan,
-            tx,
-            ifaces: HashMap::new(),
+            shard,
+            others,
+            assignment: HashMap::new(),
+            order: Vec::new(),
             control,
             conns: HashMap::new(),
             next_conn: 0,
             signals,
             waker,
             controller: None,
-            obuf: vec![0; MAX_PACKET + OVERHEAD],
-            fast: FastBuffers::new(),
-            io: IoCounters::default(),
             started: now,
             reloads: 0,
             reload_failures: 0,
             last_reload_error: None,
             configs_applied: 0,
             metrics,
-            nsfs_dev: heal::nsfs_dev(),
-            next_housekeeping: now + heal::CHECK_EVERY,
-            next_summary: now + SUMMARY_EVERY,
-            summary: DropSummary::default(),
+            next_housekeeping: now + super::heal::CHECK_EVERY,
         };
+        if workers > 1 {
+            tracing::info!(
+                workers,
+                "packet workers: one thread and one WAN socket each"
+            );
+        }
         rt.apply(plan)?;
-        if rt.io.interface_errors > 0 {
+        let interface_errors = rt.status().io.interface_errors;
+        if interface_errors > 0 {
             return Err(IoError::Os {
                 what: "creating the app interfaces",
                 source: std::io::Error::other("see the errors above"),
             });
         }
-        rt.flush();
+        rt.shard.flush();
         Ok(rt)
     }
 
     /// The WAN socket's local address (useful with port 0).
     pub fn local_addr(&self) -> Result<SocketAddr, IoError> {
-        self.wan
+        self.shard
+            .wan
             .socket()
             .local_addr()
             .map_err(os("reading the WAN address"))
@@ -379,36 +492,63 @@ impl Runtime {
     }
 
     /// Wakes the event loop from another thread: it then asks its [`PlanSource`] for a plan.
-    pub fn waker(&self) -> std::sync::Arc<mio::Waker> {
+    pub fn waker(&self) -> Arc<mio::Waker> {
         self.waker.clone()
     }
 
-    /// The status report.
+    /// How many workers carry packets.
+    pub fn workers(&self) -> usize {
+        self.others.len() + 1
+    }
+
+    /// The status report, over all workers.
     pub fn status(&self) -> StatusReport {
-        let now = Instant::now();
-        let mut interfaces: Vec<InterfaceStatus> = self
-            .ifaces
-            .values()
-            .map(|i| InterfaceStatus {
-                tenant: i.spec.tenant.clone(),
-                endpoint: i.spec.endpoint.clone(),
-                netns: i.spec.netns.clone(),
-                ifname: i.spec.ifname.clone(),
-                state: if i.device.is_some() {
-                    InterfaceState::Up
-                } else {
-                    InterfaceState::Missing
-                },
-                missing_secs: i
-                    .watch
-                    .missing_since
-                    .map(|t| now.saturating_duration_since(t).as_secs()),
-                problem: i.watch.problem.clone(),
-                netns_losses: i.watch.losses,
-                recoveries: i.watch.recoveries,
-                missing_drops: i.watch.dropped,
-            })
-            .collect();
+        for w in &self.others {
+            // A stale answer (of a request that timed out) must not pass for this one.
+            while w.replies.try_recv().is_ok() {}
+            w.mailbox.send(Command::Status);
+        }
+        let mut parts: Vec<(u8, Option<ShardStatus>)> = vec![(0, Some(self.shard.status()))];
+        let deadline = Instant::now() + STATUS_WAIT;
+        for (i, w) in self.others.iter().enumerate() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let part = match w.replies.recv_timeout(wait) {
+                Ok(Reply::Status(s)) => Some(*s),
+                _ => {
+                    tracing::warn!(worker = i + 1, "a worker did not answer the status request");
+                    None
+                }
+            };
+            parts.push(((i + 1) as u8, part));
+        }
+        let mut interfaces = Vec::new();
+        let mut tenants = Vec::new();
+        let mut unattributed = crate::engine::Drops::default();
+        let mut io = IoCounters::default();
+        let mut workers = Vec::with_capacity(parts.len());
+        for (worker, part) in parts {
+            let Some(part) = part else {
+                workers.push(WorkerStatus {
+                    worker,
+                    ..WorkerStatus::default()
+                });
+                continue;
+            };
+            io.add(&part.io);
+            unattributed.add(&part.engine.unattributed);
+            let mut names: Vec<String> =
+                part.engine.tenants.iter().map(|t| t.name.clone()).collect();
+            names.sort_by_key(|n| self.position(n));
+            workers.push(WorkerStatus {
+                worker,
+                tenants: names,
+                io: part.io,
+                answered: true,
+            });
+            interfaces.extend(part.interfaces);
+            tenants.extend(part.engine.tenants);
+        }
+        tenants.sort_by_key(|t| self.position(&t.name));
         interfaces.sort_by(|a, b| (&a.tenant, &a.endpoint).cmp(&(&b.tenant, &b.endpoint)));
         StatusReport {
             gateway: self.cfg.gateway.clone(),
@@ -416,14 +556,25 @@ impl Runtime {
             uptime_secs: self.started.elapsed().as_secs(),
             listen: self.cfg.listen,
             interfaces,
-            engine: self.engine.stats(),
-            io: self.io,
+            engine: EngineStats {
+                tenants,
+                unattributed,
+            },
+            io,
             reloads: self.reloads,
             reload_failures: self.reload_failures,
             last_reload_error: self.last_reload_error.clone(),
             configs_applied: self.configs_applied,
             controller: self.controller.clone(),
+            workers,
         }
+    }
+
+    fn position(&self, tenant: &str) -> usize {
+        self.order
+            .iter()
+            .position(|t| t == tenant)
+            .unwrap_or(usize::MAX)
     }
 
     /// Runs until SIGTERM or SIGINT. On SIGHUP and on each wakeup, `source` may give a new
@@ -434,20 +585,20 @@ impl Runtime {
         self.controller = source.controller_status();
         loop {
             let now = Instant::now();
-            let wake = self
-                .engine
-                .poll_timeout()
-                .map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping));
+            let wake = self.shard.next_wake().min(self.next_housekeeping);
             let timeout = Some(wake.saturating_duration_since(now));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if let Err(e) = self.shard.poll.poll(&mut events, timeout) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(os("waiting for events")(e));
             }
             for event in events.iter() {
-                match event.token() {
-                    UDP => self.drain_udp(),
+                let token = event.token();
+                if self.shard.event(token) {
+                    continue;
+                }
+                match token {
                     SIGNALS => {
                         let signals: Vec<i32> = self.signals.pending().collect();
                         for signal in signals {
@@ -463,141 +614,23 @@ impl Runtime {
                     WAKE => self.reload(source, false),
                     METRICS => {
                         if let Some(server) = self.metrics.as_mut() {
-                            server.accept(self.poll.registry(), Instant::now());
+                            server.accept(self.shard.poll.registry(), Instant::now());
                         }
                     }
                     Token(t) if t >= HTTP_BASE => self.serve_metrics(Token(t)),
                     Token(t) if t >= CONN_BASE => self.serve(t - CONN_BASE),
-                    Token(t) if t >= TUN_BASE => {
-                        if let Ok(port) = u32::try_from(t - TUN_BASE) {
-                            self.drain_tun(PortId(port));
-                        }
-                    }
                     Token(_) => {}
                 }
             }
             let now = Instant::now();
-            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-                self.engine.handle_timeout(now);
-            }
             if now >= self.next_housekeeping {
-                self.housekeeping(now);
+                self.next_housekeeping = now + super::heal::CHECK_EVERY;
+                if let Some(server) = self.metrics.as_mut() {
+                    server.sweep(now, self.shard.poll.registry());
+                }
                 self.controller = source.controller_status();
             }
-            self.flush();
-        }
-    }
-
-    /// Once a second: namespaces that went away or came back, slow metrics clients, and now
-    /// and then the drop summary.
-    fn housekeeping(&mut self, now: Instant) {
-        self.next_housekeeping = now + heal::CHECK_EVERY;
-        self.heal(now);
-        if let Some(server) = self.metrics.as_mut() {
-            server.sweep(now, self.poll.registry());
-        }
-        if now >= self.next_summary {
-            self.next_summary = now + SUMMARY_EVERY;
-            let every = SUMMARY_EVERY.as_secs();
-            for (tenant, drops) in self.summary.update(&self.engine.stats()) {
-                match tenant {
-                    Some(tenant) => {
-                        tracing::info!(%tenant, %drops, "drops in the last {every}s");
-                    }
-                    None => tracing::info!(%drops, "drops of no tenant in the last {every}s"),
-                }
-            }
-        }
-    }
-
-    /// Checks every app's namespace: an interface whose namespace went away (or was replaced)
-    /// is dropped; a missing one is created when its namespace is there.
-    fn heal(&mut self, now: Instant) {
-        let ports: Vec<PortId> = self.ifaces.keys().copied().collect();
-        for port in ports {
-            let Some(iface) = self.ifaces.get(&port) else {
-                continue;
-            };
-            let probe = heal::probe(&iface.spec.netns, self.nsfs_dev);
-            if iface.device.is_some() {
-                match &probe {
-                    Probe::Present(id) if Some(*id) == iface.watch.id => continue,
-                    Probe::Present(id) => {
-                        let why = format!("the namespace was replaced by another ({id})");
-                        self.lose(port, why, now);
-                    }
-                    Probe::Gone(why) => self.lose(port, why.clone(), now),
-                }
-            }
-            let Some(iface) = self.ifaces.get(&port) else {
-                continue;
-            };
-            if let Probe::Present(id) = probe
-                && iface.watch.due(id, now)
-                && heal::may_return(&iface.spec.netns)
-            {
-                self.recreate(port, id, now);
-            }
-        }
-    }
-
-    /// The interface of `port` is lost: its device is dropped (freeing what is left of the old
-    /// namespace), logged once.
-    fn lose(&mut self, port: PortId, why: String, now: Instant) {
-        let Some(iface) = self.ifaces.get_mut(&port) else {
-            return;
-        };
-        let Some(device) = iface.device.take() else {
-            return;
-        };
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&raw_fd(&device)));
-        drop(device);
-        let then = if heal::may_return(&iface.spec.netns) {
-            "it is created again when the namespace is back"
-        } else {
-            "a process's namespace is not followed to another process: update the policy's netns and reload"
-        };
-        tracing::warn!(
-            tenant = %iface.spec.tenant,
-            endpoint = %iface.spec.endpoint,
-            netns = %iface.spec.netns,
-            ifname = %iface.spec.ifname,
-            "interface lost: {why}; {then}"
-        );
-        iface.watch.lost(why, now);
-    }
-
-    /// Creates the missing interface of `port` in the namespace `id` that answers now.
-    fn recreate(&mut self, port: PortId, id: NetnsId, now: Instant) {
-        let Some(iface) = self.ifaces.get_mut(&port) else {
-            return;
-        };
-        match tun::create(&iface.spec) {
-            Ok((device, created_in)) => {
-                let missing = iface.watch.recovered(created_in, now);
-                iface.device = Some(device);
-                tracing::info!(
-                    tenant = %iface.spec.tenant,
-                    endpoint = %iface.spec.endpoint,
-                    netns = %iface.spec.netns,
-                    "the namespace is there ({created_in}): interface created again after {:.1}s missing",
-                    missing.as_secs_f64()
-                );
-                self.watch_device(port);
-            }
-            Err(e) => {
-                self.io.interface_errors += 1;
-                let why = format!("creating the interface failed: {e}");
-                let (tenant, endpoint) = (iface.spec.tenant.clone(), iface.spec.endpoint.clone());
-                if iface.watch.failed(id, why, now) {
-                    tracing::error!(%tenant, %endpoint, "{e}; trying again later");
-                } else {
-                    tracing::debug!(%tenant, %endpoint, "{e}; trying again later");
-                }
-            }
+            self.shard.tick(now);
         }
     }
 
@@ -631,319 +664,149 @@ impl Runtime {
                 self.last_reload_error = Some(e);
             }
         }
-        self.flush();
+        self.shard.flush();
     }
 
-    /// Applies a plan: new interfaces first (a failure aborts with nothing changed), then the
-    /// engine (a refusal aborts and removes what was just created), then the interfaces that
-    /// went away or changed. With `missing-netns = "wait"`, a new app whose namespace does not
-    /// exist is no failure: it waits (see [`Runtime::heal`]).
+    /// Applies a plan on every worker, atomically from the outside: the whole engine
+    /// configuration is checked first ([`Engine::check`]; each worker's share, a subset, then
+    /// passes too), every worker prepares its share (creates its new interfaces; any failure
+    /// aborts them all, removing what was created), and only then do all commit. Each tenant
+    /// stays with the worker that served it, so a reload moves no session; a new tenant goes
+    /// to the worker serving the fewest.
     fn apply(&mut self, plan: GatewayPlan) -> Result<ApplyReport, IoError> {
-        let now = Instant::now();
-        let running: HashMap<(&str, &str), &InterfaceSpec> = self
-            .ifaces
-            .values()
-            .map(|i| ((i.spec.tenant.as_str(), i.spec.endpoint.as_str()), &i.spec))
+        let order: Vec<String> = plan.engine.tenants.iter().map(|t| t.name.clone()).collect();
+        if self.others.is_empty() {
+            let report = self.shard.apply(plan)?;
+            self.order = order;
+            self.configs_applied += 1;
+            return Ok(report);
+        }
+        Engine::check(&plan.engine)?;
+        let n = self.workers();
+        let mut next: HashMap<String, u8> = HashMap::new();
+        let mut load = vec![0usize; n];
+        for t in &plan.engine.tenants {
+            if let Some(&w) = self.assignment.get(&t.name)
+                && usize::from(w) < n
+            {
+                next.insert(t.name.clone(), w);
+                load[usize::from(w)] += 1;
+            }
+        }
+        for t in &plan.engine.tenants {
+            if next.contains_key(&t.name) {
+                continue;
+            }
+            let (w, _) = load
+                .iter()
+                .enumerate()
+                .min_by_key(|(w, l)| (**l, *w))
+                .unwrap_or((0, &0));
+            load[w] += 1;
+            next.insert(t.name.clone(), w as u8);
+        }
+        let worker_of = |tenant: &str| next.get(tenant).copied().unwrap_or(0);
+        let identities: Identities = Arc::new(
+            plan.engine
+                .tenants
+                .iter()
+                .map(|t| (Mac1Identity::of(&t.private_key), worker_of(&t.name)))
+                .collect(),
+        );
+        let mut shares: Vec<GatewayPlan> = (0..n)
+            .map(|_| GatewayPlan {
+                engine: EngineConfig::default(),
+                interfaces: Vec::new(),
+            })
             .collect();
-        let mut fresh = Vec::new();
-        let mut changed = Vec::new();
-        for spec in &plan.interfaces {
-            match running.get(&(spec.tenant.as_str(), spec.endpoint.as_str())) {
-                None => fresh.push(self.create_or_wait(spec, now)?),
-                Some(old) if *old != spec => {
-                    // A changed interface is rebuilt after the engine takes the plan; its new
-                    // namespace must be there now, or the reload is refused with nothing
-                    // changed (unless missing-netns = "wait").
-                    if self.cfg.missing_netns != MissingNetns::Wait && old.netns != spec.netns {
-                        drop(super::netns::open_netns(&spec.netns)?);
-                    }
-                    changed.push(spec.clone());
-                }
-                Some(_) => {}
-            }
+        for t in plan.engine.tenants {
+            let w = usize::from(worker_of(&t.name));
+            shares[w].engine.tenants.push(t);
         }
-        let report = self.engine.apply(&plan.engine, now)?;
-        self.configs_applied += 1;
-        for (port, tenant, endpoint) in &report.ports_removed {
-            if let Some(iface) = self.ifaces.remove(port) {
-                self.unwatch(iface);
-                tracing::info!(%tenant, %endpoint, "interface removed");
-            }
+        for i in plan.interfaces {
+            let w = usize::from(worker_of(&i.tenant));
+            shares[w].interfaces.push(i);
         }
-        for spec in changed {
-            let Some(port) = self.engine.port(&spec.tenant, &spec.endpoint) else {
-                continue;
-            };
-            let counters = self.ifaces.remove(&port).map(|old| {
-                let watch = old.watch.clone();
-                self.unwatch(old);
-                watch
-            });
-            let mut iface = match tun::create(&spec) {
-                Ok((device, id)) => Iface {
-                    spec,
-                    device: Some(device),
-                    watch: Watch::up(id, now),
-                },
-                Err(e) => {
-                    self.io.interface_errors += 1;
-                    tracing::error!(
-                        tenant = %spec.tenant,
-                        endpoint = %spec.endpoint,
-                        "{e}; trying again when its namespace changes, or later"
-                    );
-                    let why = format!("creating the interface failed: {e}");
-                    Iface {
-                        spec,
-                        device: None,
-                        watch: Watch::missing(why, now),
-                    }
-                }
-            };
-            if let Some(old) = counters {
-                iface.watch.carry(&old);
-            }
-            self.install(port, iface);
-        }
-        for iface in fresh {
-            match self.engine.port(&iface.spec.tenant, &iface.spec.endpoint) {
-                Some(port) => self.install(port, iface),
-                None => tracing::warn!(
-                    tenant = %iface.spec.tenant,
-                    endpoint = %iface.spec.endpoint,
-                    "an interface was planned for an endpoint the engine does not serve"
-                ),
-            }
-        }
-        for (port, tenant, endpoint) in self.engine.ports() {
-            if !self.ifaces.contains_key(&port) {
-                tracing::warn!(%tenant, %endpoint, "no interface for this endpoint");
-            }
-        }
-        Ok(report)
-    }
 
-    /// Creates a new app's interface; with `missing-netns = "wait"`, a namespace that does not
-    /// exist gives a missing interface instead of an error.
-    fn create_or_wait(&self, spec: &InterfaceSpec, now: Instant) -> Result<Iface, IoError> {
-        match tun::create(spec) {
-            Ok((device, id)) => Ok(Iface {
-                spec: spec.clone(),
-                device: Some(device),
-                watch: Watch::up(id, now),
-            }),
-            Err(IoError::Netns { path, source, .. })
-                if self.cfg.missing_netns == MissingNetns::Wait
-                    && source.kind() == std::io::ErrorKind::NotFound =>
+        // Phase 1: every worker prepares its share.
+        let mut shares = shares.into_iter();
+        let own = shares.next().unwrap_or(GatewayPlan {
+            engine: EngineConfig::default(),
+            interfaces: Vec::new(),
+        });
+        for (w, share) in self.others.iter().zip(shares) {
+            while w.replies.try_recv().is_ok() {}
+            w.mailbox.send(Command::Prepare(Box::new(share)));
+        }
+        let mine = self.shard.prepare(own);
+        let mut refusal = mine.as_ref().err().map(ToString::to_string);
+        let mut first_error = None;
+        for (i, w) in self.others.iter().enumerate() {
+            let result = match w.replies.recv_timeout(APPLY_WAIT) {
+                Ok(Reply::Prepared(r)) => r,
+                Ok(_) | Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    Err(gone("preparing a plan", i + 1))
+                }
+            };
+            if let Err(e) = result
+                && first_error.is_none()
             {
-                let then = if heal::may_return(&spec.netns) {
-                    "waiting for it (missing-netns = \"wait\")"
-                } else {
-                    "a process path is not waited for: update the policy's netns and reload"
-                };
-                tracing::warn!(
-                    tenant = %spec.tenant,
-                    endpoint = %spec.endpoint,
-                    netns = %spec.netns,
-                    "the app's namespace does not exist ({} is missing); {then}",
-                    path.display()
+                refusal.get_or_insert_with(|| e.to_string());
+                first_error = Some(e);
+            }
+        }
+        let mine = match (mine, first_error) {
+            (Err(e), _) | (Ok(_), Some(e)) => {
+                for w in &self.others {
+                    w.mailbox.send(Command::Abort);
+                }
+                tracing::debug!(
+                    refusal = refusal.as_deref().unwrap_or(""),
+                    "a worker refused its share: nothing applied"
                 );
-                Ok(Iface {
-                    spec: spec.clone(),
-                    device: None,
-                    watch: Watch::missing(
-                        format!("waiting for the namespace ({} is missing)", path.display()),
-                        now,
-                    ),
-                })
+                return Err(e);
             }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Stops watching an interface and drops it (which removes it from its namespace).
-    fn unwatch(&mut self, iface: Iface) {
-        if let Some(device) = &iface.device {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&raw_fd(device)));
-        }
-        drop(iface);
-    }
-
-    /// Takes an interface in (up or missing) and watches its device, if any.
-    fn install(&mut self, port: PortId, iface: Iface) {
-        if iface.device.is_some() {
-            tracing::info!(
-                tenant = %iface.spec.tenant,
-                endpoint = %iface.spec.endpoint,
-                netns = %iface.spec.netns,
-                ifname = %iface.spec.ifname,
-                "interface up"
-            );
-        }
-        self.ifaces.insert(port, iface);
-        self.watch_device(port);
-    }
-
-    /// Registers the device of `port` with the poll and reads what already waits.
-    fn watch_device(&mut self, port: PortId) {
-        let Some(iface) = self.ifaces.get_mut(&port) else {
-            return;
+            (Ok(p), None) => p,
         };
-        let Some(device) = &iface.device else {
-            return;
+
+        // Phase 2: all commit. The engine configuration was checked as a whole, so no worker
+        // refuses now; if one did, the plan would be half applied, and the log says so.
+        for w in &self.others {
+            w.mailbox.send(Command::Commit(identities.clone()));
+        }
+        let mut total = ApplyReport::default();
+        let mut failed: Option<IoError> = None;
+        let mut merge = |r: Result<ApplyReport, IoError>, worker: usize| match r {
+            Ok(r) => {
+                total.sessions_kept += r.sessions_kept;
+                total.sessions_new += r.sessions_new;
+                total.sessions_dropped += r.sessions_dropped;
+                total.sessions_retiring += r.sessions_retiring;
+                total.ports_added.extend(r.ports_added);
+                total.ports_removed.extend(r.ports_removed);
+            }
+            Err(e) => {
+                tracing::error!(
+                    worker,
+                    "a worker refused a plan that was checked as a whole: the plan is only partly applied; {e}"
+                );
+                failed.get_or_insert(e);
+            }
         };
-        let token = Token(TUN_BASE + port.0 as usize);
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut SourceFd(&raw_fd(device)), token, Interest::READABLE)
-        {
-            self.io.interface_errors += 1;
-            tracing::error!(ifname = %iface.spec.ifname, "cannot watch the interface: {e}");
-            iface.device = None;
-            iface
-                .watch
-                .lost(format!("cannot watch the interface: {e}"), Instant::now());
-            return;
-        }
-        // Packets may already be waiting (edge-triggered readiness).
-        self.drain_tun(port);
-    }
-
-    /// Reads everything the app's interface has: with offload, one read may be a 64 KB
-    /// super-packet that arrives here split into MTU-sized packets. Each goes through the engine;
-    /// the datagrams leave in GSO batches.
-    fn drain_tun(&mut self, port: PortId) {
-        while let Some(device) = self.ifaces.get(&port).and_then(|i| i.device.as_ref()) {
-            let f = &mut self.fast;
-            let n = match device.recv_multiple(&mut f.tun_raw, &mut f.tun_pkts, &mut f.tun_sizes, 0)
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // The device is gone under us (deleted in its namespace): start over.
-                    let why = format!("reading the interface failed: {e}");
-                    self.lose(port, why, Instant::now());
-                    break;
-                }
+        merge(self.shard.commit(mine, identities), 0);
+        for (i, w) in self.others.iter().enumerate() {
+            let r = match w.replies.recv_timeout(APPLY_WAIT) {
+                Ok(Reply::Committed(r)) => r,
+                _ => Err(gone("applying a plan", i + 1)),
             };
-            let now = Instant::now();
-            for i in 0..n {
-                self.io.tun_rx += 1;
-                let f = &self.fast;
-                let len = f.tun_sizes[i].min(f.tun_pkts[i].len());
-                match self.engine.handle_app_packet(
-                    port,
-                    &f.tun_pkts[i][..len],
-                    now,
-                    &mut self.obuf,
-                ) {
-                    AppOutcome::Send(t) | AppOutcome::Pending(Some(t)) => {
-                        self.tx
-                            .push(&self.wan, t.to, &self.obuf[..t.len], &mut self.fast.sent);
-                    }
-                    AppOutcome::Deliver { port, len } => {
-                        let packet = &self.obuf[..len];
-                        self.fast.queue_tun(port, packet);
-                    }
-                    AppOutcome::Pending(None) | AppOutcome::Drop(_) => {}
-                }
-            }
+            merge(r, i + 1);
         }
-        self.flush();
-    }
-
-    /// Reads everything the WAN socket has, in batches (recvmmsg, GRO); decrypted packets are
-    /// written to the apps' interfaces in batches too (coalesced into super-packets).
-    fn drain_udp(&mut self) {
-        loop {
-            let n = match self.wan.recv() {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                // ICMP errors of earlier sends surface here (e.g. connection refused): go on.
-                Err(_) => continue,
-            };
-            let now = Instant::now();
-            for i in 0..n {
-                let (from, datagrams) = self.wan.received(i);
-                for datagram in datagrams {
-                    self.io.udp_rx += 1;
-                    let out = self.fast.take_buffer(datagram.len());
-                    match self.engine.handle_wan_datagram(
-                        from,
-                        datagram,
-                        now,
-                        &mut out[VIRTIO_NET_HDR_LEN..],
-                    ) {
-                        WanOutcome::Deliver { port, len } => {
-                            self.fast.keep_buffer(port, VIRTIO_NET_HDR_LEN + len);
-                        }
-                        WanOutcome::Reply(t) => {
-                            let start = VIRTIO_NET_HDR_LEN;
-                            let reply = &self.fast.current[start..start + t.len];
-                            self.tx.push(&self.wan, t.to, reply, &mut self.fast.sent);
-                        }
-                        WanOutcome::Consumed | WanOutcome::Drop(_) => {}
-                    }
-                }
-            }
-            // Each batch leaves before the next is read (its writes coalesce together); the
-            // event loop flushes once more after all events.
-            self.flush();
-        }
-    }
-
-    /// Sends what the engine queued, the pending GSO batch, and the pending interface writes.
-    fn flush(&mut self) {
-        while let Some(t) = self.engine.poll_transmit(&mut self.obuf) {
-            self.tx
-                .push(&self.wan, t.to, &self.obuf[..t.len], &mut self.fast.sent);
-        }
-        self.tx.flush(&self.wan, &mut self.fast.sent);
-        let sent = std::mem::take(&mut self.fast.sent);
-        self.io.udp_tx += sent.ok;
-        self.io.udp_tx_dropped += sent.full;
-        self.io.udp_tx_errors += sent.failed;
-        let fast = &mut self.fast;
-        for (port, bufs) in fast.tun_out.iter_mut() {
-            if bufs.is_empty() {
-                continue;
-            }
-            let count = bufs.len() as u64;
-            match self.ifaces.get_mut(port) {
-                Some(Iface {
-                    device: Some(device),
-                    ..
-                }) => {
-                    // Runs of one TCP flow go out as super-packets (one write, one pass
-                    // through the app's TCP stack); everything else as it came.
-                    super::gro::coalesce(bufs, &mut fast.write);
-                    let mut failed = false;
-                    for &i in &fast.write {
-                        failed |= device.send(&bufs[i]).is_err();
-                    }
-                    if failed {
-                        self.io.tun_tx_errors += count;
-                    } else {
-                        self.io.tun_tx += count;
-                    }
-                }
-                // Its namespace went away: the port and the sessions stay, the packets cannot.
-                Some(iface) => {
-                    iface.watch.dropped += count;
-                    self.io.tun_tx_no_interface += count;
-                }
-                None => self.io.tun_tx_no_interface += count,
-            }
-            for mut b in bufs.drain(..) {
-                b.clear();
-                fast.pool.push(b);
-            }
+        self.assignment = next;
+        self.order = order;
+        self.configs_applied += 1;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(total),
         }
     }
 
@@ -955,12 +818,12 @@ impl Runtime {
         let Some(id) = server.client(token) else {
             return;
         };
-        let metrics::Progress::Asked(request) = server.ready(id, self.poll.registry()) else {
+        let metrics::Progress::Asked(request) = server.ready(id, self.shard.poll.registry()) else {
             return;
         };
         let answer = metrics::response(request, || metrics::render(&self.status()));
         if let Some(server) = self.metrics.as_mut() {
-            server.answer(id, answer, self.poll.registry());
+            server.answer(id, answer, self.shard.poll.registry());
         }
     }
 
@@ -975,6 +838,7 @@ impl Runtime {
                     self.next_conn = (self.next_conn + 1) % (HTTP_BASE - CONN_BASE);
                     if stream.set_nonblocking(true).is_ok()
                         && self
+                            .shard
                             .poll
                             .registry()
                             .register(
@@ -1020,6 +884,7 @@ impl Runtime {
             return;
         };
         let _ = self
+            .shard
             .poll
             .registry()
             .deregister(&mut SourceFd(&std_stream.as_raw_fd()));
@@ -1042,90 +907,20 @@ impl Runtime {
 }
 
 impl Drop for Runtime {
+    /// Stops the workers and waits for them: each removes its interfaces as it ends.
     fn drop(&mut self) {
+        for w in &self.others {
+            w.mailbox.send(Command::Stop);
+        }
+        for w in &mut self.others {
+            if let Some(thread) = w.thread.take()
+                && thread.join().is_err()
+            {
+                tracing::error!("a worker thread panicked");
+            }
+        }
         if let Some(path) = &self.cfg.control_socket {
             let _ = std::fs::remove_file(path);
         }
-    }
-}
-
-fn raw_fd(device: &SyncDevice) -> std::os::fd::RawFd {
-    device.as_raw_fd()
-}
-
-/// Reused buffers of the batched paths: nothing is allocated per packet once warm.
-struct FastBuffers {
-    /// One raw read from a TUN device (virtio header + up to 64 KB).
-    tun_raw: Vec<u8>,
-    /// The packets a raw read was split into.
-    tun_pkts: Vec<Vec<u8>>,
-    tun_sizes: Vec<usize>,
-    /// Decrypted packets waiting to be written, per port (virtio header room in front).
-    tun_out: Vec<(PortId, Vec<Vec<u8>>)>,
-    /// The buffer being filled by the engine (not yet kept for a port).
-    current: Vec<u8>,
-    pool: Vec<Vec<u8>>,
-    /// Which of a port's buffers to write after coalescing.
-    write: Vec<usize>,
-    sent: Sent,
-}
-
-/// Largest packet a TUN read yields after splitting: the interface MTU is at most 9000.
-const TUN_PACKET: usize = 9216;
-
-impl FastBuffers {
-    fn new() -> Self {
-        FastBuffers {
-            tun_raw: vec![0; VIRTIO_NET_HDR_LEN + MAX_PACKET],
-            tun_pkts: (0..IDEAL_BATCH_SIZE).map(|_| vec![0; TUN_PACKET]).collect(),
-            tun_sizes: vec![0; IDEAL_BATCH_SIZE],
-            tun_out: Vec::new(),
-            current: Vec::new(),
-            pool: Vec::new(),
-            write: Vec::with_capacity(IDEAL_BATCH_SIZE),
-            sent: Sent::default(),
-        }
-    }
-
-    /// A zeroed buffer for the engine to write a packet of up to `len` bytes after the virtio
-    /// header; it stays current until kept or replaced.
-    fn take_buffer(&mut self, len: usize) -> &mut [u8] {
-        let mut b = if self.current.capacity() > 0 {
-            std::mem::take(&mut self.current)
-        } else {
-            self.pool.pop().unwrap_or_default()
-        };
-        b.clear();
-        b.resize(VIRTIO_NET_HDR_LEN + len.max(crate::engine::MIN_OUT), 0);
-        self.current = b;
-        &mut self.current
-    }
-
-    /// Keeps the current buffer (its first `len` bytes) for writing to `port`.
-    fn keep_buffer(&mut self, port: PortId, len: usize) {
-        let mut b = std::mem::take(&mut self.current);
-        b.truncate(len);
-        self.out_for(port).push(b);
-    }
-
-    /// Queues a copy of `packet` for `port`.
-    fn queue_tun(&mut self, port: PortId, packet: &[u8]) {
-        let mut b = self.pool.pop().unwrap_or_default();
-        b.clear();
-        b.resize(VIRTIO_NET_HDR_LEN, 0);
-        b.extend_from_slice(packet);
-        self.out_for(port).push(b);
-    }
-
-    fn out_for(&mut self, port: PortId) -> &mut Vec<Vec<u8>> {
-        let i = match self.tun_out.iter().position(|(p, _)| *p == port) {
-            Some(i) => i,
-            None => {
-                self.tun_out
-                    .push((port, Vec::with_capacity(IDEAL_BATCH_SIZE)));
-                self.tun_out.len() - 1
-            }
-        };
-        &mut self.tun_out[i].1
     }
 }

@@ -2,8 +2,10 @@
 //! both well), so that a burst of datagrams costs a few system calls instead of one each.
 //!
 //! [`TxBatch`] gathers datagrams as the engine produces them: consecutive datagrams to the same
-//! destination and of the same size travel as one GSO send (the last may be shorter); anything
-//! else flushes the batch first. Order is kept, so no flow is ever reordered.
+//! destination, of the same session and of the same size travel as one GSO send (the last may
+//! be shorter); anything else flushes the batch first. One session per batch because a receiver
+//! that runs several workers (corridor's `workers`) has the whole GSO batch delivered to the
+//! worker of its first datagram: the rest would have to be handed over. Order is kept, so no flow is ever reordered.
 
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
@@ -116,6 +118,8 @@ pub(crate) struct Sent {
 pub(crate) struct TxBatch {
     buf: Vec<u8>,
     to: Option<SocketAddr>,
+    /// Message type and receiver index of the batch's first datagram: its session.
+    session: [u8; 8],
     segment: usize,
     count: usize,
     /// The last datagram was shorter than `segment`: nothing may follow it in this batch.
@@ -128,6 +132,7 @@ impl TxBatch {
         TxBatch {
             buf: Vec::with_capacity(RX_BUF),
             to: None,
+            session: [0; 8],
             segment: 0,
             count: 0,
             closed: false,
@@ -137,7 +142,9 @@ impl TxBatch {
 
     /// Adds a datagram, flushing first if it cannot join the current batch.
     pub(crate) fn push(&mut self, wan: &Wan, to: SocketAddr, datagram: &[u8], sent: &mut Sent) {
+        let session = session_of(datagram);
         let joins = self.to == Some(to)
+            && self.session == session
             && !self.closed
             && datagram.len() <= self.segment
             && self.count < self.max_segments
@@ -145,6 +152,7 @@ impl TxBatch {
         if !joins {
             self.flush(wan, sent);
             self.to = Some(to);
+            self.session = session;
             self.segment = datagram.len();
         }
         self.buf.extend_from_slice(datagram);
@@ -167,4 +175,13 @@ impl TxBatch {
         self.count = 0;
         self.closed = false;
     }
+}
+
+/// The first eight bytes of a WireGuard message (type, reserved, and for data its receiver
+/// index): equal for the datagrams of one session.
+fn session_of(datagram: &[u8]) -> [u8; 8] {
+    let mut key = [0u8; 8];
+    let n = datagram.len().min(8);
+    key[..n].copy_from_slice(&datagram[..n]);
+    key
 }
