@@ -450,6 +450,16 @@ pub fn render(r: &StatusReport) -> String {
         "Datagrams a worker received for another worker's tenant and handed over (handshake initiations, mixed GRO batches).",
     );
     o.sample("corridor_wan_handed_over_total", &[], io.udp_rx_handed_over);
+    o.family(
+        "corridor_wan_handover_dropped_total",
+        "counter",
+        "Datagrams a worker could not hand over: the owner already had 16,384 waiting (a flood), or it was gone.",
+    );
+    o.sample(
+        "corridor_wan_handover_dropped_total",
+        &[],
+        io.udp_rx_handover_failed,
+    );
     o.0
 }
 

@@ -196,7 +196,8 @@ pub struct IoCounters {
     /// batch that the kernel assembled from datagrams of several workers' sessions. Always 0
     /// with one worker.
     pub udp_rx_handed_over: u64,
-    /// Datagrams that could not be handed over (the other worker is gone).
+    /// Datagrams that could not be handed over: the other worker already had 16,384 waiting
+    /// (a flood the kernel coalesced across workers), or it is gone.
     pub udp_rx_handover_failed: u64,
 }
 

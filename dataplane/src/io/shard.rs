@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Instant;
 
@@ -88,17 +89,39 @@ pub(crate) struct ShardStatus {
     pub(crate) io: IoCounters,
 }
 
+/// Datagrams passed on to one worker and not yet taken by it, at most. Beyond this the sender
+/// drops and counts (`udp_rx_handover_failed`): junk from the WAN that the kernel coalesced
+/// across workers must not queue without bound while the owner is busy.
+pub(crate) const HANDOVER_LIMIT: usize = 16_384;
+
 /// How to reach a worker from another thread.
 #[derive(Debug, Clone)]
 pub(crate) struct Mailbox {
     pub(crate) commands: Sender<Command>,
     pub(crate) waker: Arc<Waker>,
+    /// Datagrams in flight to this worker (see [`HANDOVER_LIMIT`]).
+    pub(crate) in_flight: Arc<AtomicUsize>,
 }
 
 impl Mailbox {
     /// Sends and wakes; false if the worker is gone.
     pub(crate) fn send(&self, command: Command) -> bool {
         self.commands.send(command).is_ok() && self.waker.wake().is_ok()
+    }
+
+    /// Passes datagrams on, unless that would queue more than [`HANDOVER_LIMIT`] for this
+    /// worker; false if not sent (full, or the worker is gone).
+    fn pass(&self, datagrams: Passed) -> bool {
+        let n = datagrams.len();
+        if self.in_flight.fetch_add(n, Ordering::Relaxed) + n > HANDOVER_LIMIT {
+            self.in_flight.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        let sent = self.send(Command::Datagrams(datagrams));
+        if !sent {
+            self.in_flight.fetch_sub(n, Ordering::Relaxed);
+        }
+        sent
     }
 }
 
@@ -145,6 +168,8 @@ pub(crate) struct Shard {
     /// Which worker serves which tenant identity (only read with more than one worker).
     identities: Identities,
     inbox: Receiver<Command>,
+    /// Datagrams passed to this worker and not yet taken (its [`Mailbox::in_flight`]).
+    in_flight: Arc<AtomicUsize>,
     /// Every worker's mailbox, by worker number (this one's own included, unused).
     mailboxes: Vec<Mailbox>,
     /// Datagrams of this batch for other workers, by worker number.
@@ -191,6 +216,7 @@ impl Shard {
         let waker =
             Arc::new(Waker::new(poll.registry(), INBOX).map_err(os("creating a worker's waker"))?);
         let (commands, inbox) = std::sync::mpsc::channel();
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let shard = crate::engine::IndexShard::new(id, workers).ok_or(IoError::Os {
             what: "numbering the workers",
             source: std::io::Error::other(format!("worker {id} of {workers}")),
@@ -214,13 +240,21 @@ impl Shard {
             summary: DropSummary::default(),
             identities: Arc::default(),
             inbox,
+            in_flight: Arc::clone(&in_flight),
             mailboxes: Vec::new(),
             pass: (0..workers).map(|_| Vec::new()).collect(),
             prepared: None,
             replies: None,
             stop: false,
         };
-        Ok((this, Mailbox { commands, waker }))
+        Ok((
+            this,
+            Mailbox {
+                commands,
+                waker,
+                in_flight,
+            },
+        ))
     }
 
     /// Every worker's mailbox, so that this one can pass datagrams on.
@@ -353,6 +387,7 @@ impl Shard {
         while let Ok(command) = self.inbox.try_recv() {
             match command {
                 Command::Datagrams(datagrams) => {
+                    self.in_flight.fetch_sub(datagrams.len(), Ordering::Relaxed);
                     let now = Instant::now();
                     for (from, datagram) in &datagrams {
                         through_engine(
@@ -793,7 +828,7 @@ impl Shard {
             let datagrams = std::mem::take(pass);
             let n = datagrams.len() as u64;
             match self.mailboxes.get(worker) {
-                Some(m) if m.send(Command::Datagrams(datagrams)) => {}
+                Some(m) if m.pass(datagrams) => {}
                 _ => self.io.udp_rx_handover_failed += n,
             }
         }
@@ -963,5 +998,57 @@ impl FastBuffers {
             }
         };
         &mut self.tun_out[i].1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox() -> (Mailbox, Receiver<Command>, Poll) {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), INBOX).unwrap());
+        let (commands, inbox) = std::sync::mpsc::channel();
+        let mailbox = Mailbox {
+            commands,
+            waker,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        };
+        (mailbox, inbox, poll)
+    }
+
+    fn datagrams(n: usize) -> Passed {
+        let from: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        (0..n).map(|_| (from, vec![4; 32])).collect()
+    }
+
+    #[test]
+    fn handover_is_bounded_and_counts_in_flight() {
+        let (mailbox, inbox, _poll) = mailbox();
+        assert!(mailbox.pass(datagrams(HANDOVER_LIMIT - 10)));
+        // 11 more would exceed the limit: refused whole, nothing counted for it.
+        assert!(!mailbox.pass(datagrams(11)));
+        assert_eq!(
+            mailbox.in_flight.load(Ordering::Relaxed),
+            HANDOVER_LIMIT - 10
+        );
+        assert!(mailbox.pass(datagrams(10)));
+        assert!(!mailbox.pass(datagrams(1)));
+        // The owner takes what waits (as drain_inbox does): room again.
+        let mut taken = 0;
+        while let Ok(Command::Datagrams(d)) = inbox.try_recv() {
+            mailbox.in_flight.fetch_sub(d.len(), Ordering::Relaxed);
+            taken += d.len();
+        }
+        assert_eq!(taken, HANDOVER_LIMIT);
+        assert!(mailbox.pass(datagrams(1)));
+    }
+
+    #[test]
+    fn handover_to_a_gone_worker_fails() {
+        let (mailbox, inbox, _poll) = mailbox();
+        drop(inbox);
+        assert!(!mailbox.pass(datagrams(1)));
+        assert_eq!(mailbox.in_flight.load(Ordering::Relaxed), 0);
     }
 }
