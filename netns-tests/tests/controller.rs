@@ -437,6 +437,22 @@ fn two_replicas_on_postgres_one_killed() {
         return;
     };
     wait_traffic(&w, Duration::from_secs(20));
+    let (globex_app, globex_cloud) = (w.lab.ns_name("globex-app"), w.lab.ns_name("globex-cloud"));
+    let globex_udp_6001 = |n: usize| {
+        netns_tests::udp_exchange(
+            &globex_app,
+            &globex_cloud,
+            "10.20.100.1:6001".parse().unwrap(),
+            n,
+            Duration::from_secs(2),
+        )
+    };
+    // Not allowed yet: what the change below allows must be refused before it.
+    assert_eq!(
+        globex_udp_6001(5),
+        0,
+        "globex reached UDP 6001 before the change"
+    );
     // Replica 0 dies; the gateways carry on through replica 1.
     let pid = w.ctl_pids[0];
     nix::sys::signal::kill(
@@ -451,7 +467,10 @@ fn two_replicas_on_postgres_one_killed() {
     globex.push_str(
         "\n[[allow]]\nfrom = \"globex-app\"\nto = \"globex-cloud\"\nprotocol = \"udp\"\nports = [\"6001\"]\n",
     );
-    let before = w.edge.status().controller.unwrap().bundle_version.unwrap();
+    let version = |gw: &Gateway| gw.status().controller.and_then(|c| c.bundle_version);
+    // Both gateways' versions: a revision already under way (say, a key registration) must not
+    // pass for the change.
+    let before = version(&w.edge).max(version(&w.dc)).unwrap();
     w.lab.policy(&[("tenants/globex.toml", &globex)]);
     let got = wait_for(Duration::from_secs(20), || {
         let e = w.edge.status().controller?.bundle_version?;
@@ -464,14 +483,24 @@ fn two_replicas_on_postgres_one_killed() {
         w.edge.log(),
         w.dc.log()
     );
-    let udp = netns_tests::udp_exchange(
-        &w.lab.ns_name("globex-app"),
-        &w.lab.ns_name("globex-cloud"),
-        "10.20.100.1:6001".parse().unwrap(),
-        20,
-        Duration::from_secs(3),
+    // The gateways' versions moved past `before`; the change itself may come one revision
+    // later (the replica stores the edited directory within a second): wait for its effect.
+    let t0 = Instant::now();
+    let allowed = wait_for(Duration::from_secs(20), || {
+        (globex_udp_6001(20) >= 18).then_some(())
+    });
+    assert!(
+        allowed.is_some(),
+        "globex UDP 6001 still refused 20 s after the change; versions edge {:?} dc {:?}\nedge:\n{}\ndc:\n{}",
+        version(&w.edge),
+        version(&w.dc),
+        w.edge.log(),
+        w.dc.log()
     );
-    assert!(udp >= 18, "globex udp 6001 after the change: {udp}/20");
+    eprintln!(
+        "globex UDP 6001 allowed {:?} after both gateways passed version {before}",
+        t0.elapsed()
+    );
     let c = w.edge.status().controller.unwrap();
     assert!(
         c.url.as_deref() == Some(w.urls[1].as_str()),
