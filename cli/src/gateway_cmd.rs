@@ -12,7 +12,7 @@ use controlplane::compile::compile_gateway;
 use controlplane::gateway_config::{self, DEFAULT_PATH, GatewayConfig, Mode};
 use controlplane::keys::load_gateway_keys;
 use controlplane::policy::Policy;
-use dataplane::io::{GatewayPlan, InterfaceSpec, MissingNetns, Runtime, RuntimeConfig, Workers};
+use dataplane::io::{GatewayPlan, MissingNetns, Runtime, RuntimeConfig, Workers};
 
 /// `corridor gateway ...`
 #[derive(Debug, clap::Subcommand)]
@@ -182,24 +182,7 @@ pub(crate) fn load_plan(config: &GatewayConfig, policy_dir: &Path) -> Result<Gat
     let policy = Policy::load(policy_dir).map_err(|e| anyhow!("the policy is invalid:\n{e}"))?;
     let keys = load_gateway_keys(&config.key_dir, &policy, &config.name)
         .with_context(|| format!("loading keys from {}", config.key_dir.display()))?;
-    let plan = compile_gateway(&policy, &config.name, &keys)?;
-    let interfaces = plan
-        .interfaces
-        .into_iter()
-        .map(|i| InterfaceSpec {
-            tenant: i.tenant,
-            endpoint: i.endpoint,
-            netns: i.netns,
-            ifname: i.interface,
-            mtu: config.mtu,
-            addresses: i.addresses,
-            routes: i.routes,
-        })
-        .collect();
-    Ok(GatewayPlan {
-        engine: plan.engine,
-        interfaces,
-    })
+    Ok(compile_gateway(&policy, &config.name, &keys)?.into_runtime(config.mtu))
 }
 
 fn run_gateway(config_path: &Path) -> Result<ExitCode> {

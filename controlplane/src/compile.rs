@@ -275,6 +275,31 @@ impl<'a> TenantCx<'a> {
     }
 }
 
+#[cfg(target_os = "linux")]
+impl GatewayPlan {
+    /// What the Linux runtime runs: the engine configuration, and each interface with `mtu`
+    /// (the gateway's setting; the policy does not carry one).
+    pub fn into_runtime(self, mtu: u16) -> dataplane::io::GatewayPlan {
+        let interfaces = self
+            .interfaces
+            .into_iter()
+            .map(|i| dataplane::io::InterfaceSpec {
+                tenant: i.tenant,
+                endpoint: i.endpoint,
+                netns: i.netns,
+                ifname: i.interface,
+                mtu,
+                addresses: i.addresses,
+                routes: i.routes,
+            })
+            .collect();
+        dataplane::io::GatewayPlan {
+            engine: self.engine,
+            interfaces,
+        }
+    }
+}
+
 impl PublicPlan {
     /// Adds this gateway's private keys: each must match `own_key` (`KeyMismatch`), a tenant
     /// without one is `MissingKey`.

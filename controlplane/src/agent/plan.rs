@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use dataplane::SecretKey;
-use dataplane::io::{GatewayPlan, InterfaceSpec};
+use dataplane::io::GatewayPlan;
 
 use crate::bundle::BundleContent;
 use crate::compile::PublicPlan;
@@ -101,24 +101,8 @@ pub fn build(
     let plan = filtered
         .with_keys(gateway, &keys)
         .map_err(|e| format!("bundle version {}: {e}", content.version))?;
-    let interfaces = plan
-        .interfaces
-        .into_iter()
-        .map(|i| InterfaceSpec {
-            tenant: i.tenant,
-            endpoint: i.endpoint,
-            netns: i.netns,
-            ifname: i.interface,
-            mtu,
-            addresses: i.addresses,
-            routes: i.routes,
-        })
-        .collect();
     Ok(Built {
-        plan: GatewayPlan {
-            engine: plan.engine,
-            interfaces,
-        },
+        plan: plan.into_runtime(mtu),
         promote,
         upload,
     })
