@@ -12,13 +12,10 @@ use std::time::Duration;
 use dataplane::SecretKey;
 use dataplane::config::{EndpointConfig, Location, Protocol};
 use dataplane::engine::{AppOutcome, ConfigError, DropReason, PortId};
-use dataplane::sim::{TenantSpec, Topology, World};
+use dataplane::sim::{TenantSpec, World};
 
 mod common;
 use common::*;
-
-const EDGE: usize = 0;
-const DC: usize = 1;
 
 fn alpha() -> TenantSpec {
     TenantSpec::new("alpha", 2)
@@ -34,16 +31,6 @@ fn beta() -> TenantSpec {
         .endpoint("app", EDGE, &["10.0.0.10/32"])
         .endpoint("svc", DC, &["10.1.0.0/24"])
         .allow("app", "svc", Protocol::Tcp, &[(443, 443)])
-}
-
-fn topo(tenants: Vec<TenantSpec>) -> Topology {
-    Topology {
-        gateways: vec![
-            ("edge-1".into(), None),
-            ("dc-1".into(), Some(addr("192.0.2.1:51820"))),
-        ],
-        tenants,
-    }
 }
 
 /// alpha's steady stream: a request edge → dc and its answer, each checked on arrival.
@@ -174,7 +161,7 @@ fn assert_alpha_untouched(w: &World, mark: usize, ages: (Duration, Duration), st
 
 #[test]
 fn adding_a_tenant_leaves_an_established_one_untouched() {
-    let before = topo(vec![alpha()]);
+    let before = edge_dc(vec![alpha()]);
     let mut w = before.world().unwrap();
     let ages = settle(&mut w);
     let mark = w.captured.len();
@@ -226,7 +213,7 @@ fn adding_a_tenant_leaves_an_established_one_untouched() {
 
 #[test]
 fn altering_another_tenant_leaves_an_established_one_untouched() {
-    let mut t = topo(vec![alpha(), beta()]);
+    let mut t = edge_dc(vec![alpha(), beta()]);
     let mut w = t.world().unwrap();
     let ages = settle(&mut w);
     let mark = w.captured.len();
@@ -325,7 +312,7 @@ fn altering_another_tenant_leaves_an_established_one_untouched() {
 
 #[test]
 fn a_refused_config_changes_nothing() {
-    let t = topo(vec![alpha(), beta()]);
+    let t = edge_dc(vec![alpha(), beta()]);
     let mut w = t.world().unwrap();
     let ages = settle(&mut w);
     let mark = w.captured.len();
@@ -438,7 +425,7 @@ fn a_refused_config_changes_nothing() {
 
 #[test]
 fn removing_a_rule_kills_replies_to_its_flows() {
-    let t = topo(vec![alpha()]);
+    let t = edge_dc(vec![alpha()]);
     let mut w = t.world().unwrap();
     w.run();
     let s = Stream::new(&w);

@@ -24,8 +24,6 @@ use dataplane::sim::{Datagram, TenantSpec, Topology, World};
 mod common;
 use common::*;
 
-const EDGE: usize = 0;
-const DC: usize = 1;
 /// Virtual time between two rounds of traffic.
 const ROUND: Duration = Duration::from_millis(10);
 
@@ -42,16 +40,6 @@ fn beta() -> TenantSpec {
         .endpoint("db", EDGE, &["10.9.0.10/32"])
         .endpoint("svc", DC, &["10.1.0.0/24"])
         .allow("db", "svc", Protocol::Udp, &[(5000, 5000)])
-}
-
-fn topo(tenants: Vec<TenantSpec>) -> Topology {
-    Topology {
-        gateways: vec![
-            ("edge-1".into(), None),
-            ("dc-1".into(), Some(addr("192.0.2.1:51820"))),
-        ],
-        tenants,
-    }
 }
 
 fn with_psk(mut c: EngineConfig, tenant: &str, psk: &SecretKey) -> EngineConfig {
@@ -225,7 +213,7 @@ fn rotate(
     gap: Duration,
     psk_changed: bool,
 ) {
-    let mut t = topo(vec![alpha()]);
+    let mut t = edge_dc(vec![alpha()]);
     let (mut w, mut tr) = established(&t);
     let before = w.captured.len();
     // A datagram on the old session each way, to replay after retirement.
@@ -341,7 +329,7 @@ fn changing_the_preshared_key_loses_nothing() {
 
 #[test]
 fn a_retiring_session_ends_at_its_deadline_if_the_other_side_never_follows() {
-    let mut t = topo(vec![alpha()]);
+    let mut t = edge_dc(vec![alpha()]);
     let (mut w, mut tr) = established(&t);
     t.tenants[0].keys[EDGE] = SecretKey::generate();
     assert_rotated(&w.apply(EDGE, &t.compile(EDGE)).unwrap());
@@ -373,7 +361,7 @@ fn a_retiring_session_ends_at_its_deadline_if_the_other_side_never_follows() {
 
 #[test]
 fn a_second_rotation_keeps_at_most_one_retiring_session() {
-    let mut t = topo(vec![alpha()]);
+    let mut t = edge_dc(vec![alpha()]);
     let (mut w, mut tr) = established(&t);
 
     // Twice on the edge before the dc follows: the first new session never came up, so the
@@ -467,7 +455,7 @@ fn assert_cut_off(w: &mut World, tr: &Traffic) {
 
 #[test]
 fn removing_a_peer_ends_its_session_at_once() {
-    let t = topo(vec![alpha()]);
+    let t = edge_dc(vec![alpha()]);
     let (mut w, tr) = established(&t);
     let r = w.apply(EDGE, &without_peer(t.compile(EDGE))).unwrap();
     assert_eq!(
@@ -485,7 +473,7 @@ fn removing_a_peer_ends_its_session_at_once() {
 
 #[test]
 fn removing_a_peer_mid_rotation_ends_both_sessions_at_once() {
-    let mut t = topo(vec![alpha()]);
+    let mut t = edge_dc(vec![alpha()]);
     let (mut w, mut tr) = established(&t);
     let old = t.clone();
     t.tenants[0].keys[EDGE] = SecretKey::generate();
@@ -510,7 +498,7 @@ fn removing_a_peer_mid_rotation_ends_both_sessions_at_once() {
 
 #[test]
 fn a_retiring_session_stays_within_its_tenant() {
-    let mut t = topo(vec![alpha(), beta()]);
+    let mut t = edge_dc(vec![alpha(), beta()]);
     let (mut w, mut tr) = established(&t);
     // A compromised dc: alpha's config widened to reach beta's prefix on the edge and to send
     // from addresses that are not alpha's on the dc. Its sessions are untouched by that.
@@ -588,7 +576,7 @@ fn a_retiring_session_stays_within_its_tenant() {
 
 #[test]
 fn in_flight_packets_on_the_old_session_decrypt_until_the_grace_ends() {
-    let mut t = topo(vec![alpha()]);
+    let mut t = edge_dc(vec![alpha()]);
     let (mut w, tr) = established(&t);
     t.tenants[0].keys[EDGE] = SecretKey::generate();
     assert_rotated(&w.apply(EDGE, &t.compile(EDGE)).unwrap());
@@ -643,7 +631,7 @@ fn only_the_new_identity_answers_handshakes() {
     use boringtun::noise::{Tunn, TunnResult};
     use boringtun::x25519::{PublicKey, StaticSecret};
 
-    let mut t = topo(vec![alpha()]);
+    let mut t = edge_dc(vec![alpha()]);
     let (mut w, _tr) = established(&t);
     let old_dc = w.nodes[DC].engine.public_key("alpha").unwrap();
     t.tenants[0].keys[DC] = SecretKey::generate();

@@ -3,6 +3,24 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use dataplane::sim::{TenantSpec, Topology};
+
+/// The edge gateway's node in [`edge_dc`] worlds.
+pub(crate) const EDGE: usize = 0;
+/// The data-centre gateway's node in [`edge_dc`] worlds.
+pub(crate) const DC: usize = 1;
+
+/// edge-1 (dials out) and dc-1 (listens at 192.0.2.1:51820) serving `tenants`.
+pub(crate) fn edge_dc(tenants: Vec<TenantSpec>) -> Topology {
+    Topology {
+        gateways: vec![
+            ("edge-1".into(), None),
+            ("dc-1".into(), Some(addr("192.0.2.1:51820"))),
+        ],
+        tenants,
+    }
+}
+
 pub(crate) fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
