@@ -462,18 +462,14 @@ fn compile_tenant(
         }
     }
 
+    // `local` holds only this gateway's endpoints (corridor endpoints on it).
     for e in local.iter().filter_map(|&i| tenant.endpoints.get(i)) {
         let EndpointKind::Gateway {
-            gateway,
-            netns,
-            interface,
+            netns, interface, ..
         } = &e.kind
         else {
             continue;
         };
-        if gateway != g {
-            continue;
-        }
         let mut routes: Vec<IpNetwork> = Vec::new();
         let mut seen: BTreeSet<IpNetwork> = BTreeSet::new();
         for r in &rules {
